@@ -1,0 +1,1271 @@
+//! The provider catalog: the built-in `providers.toml`, the user's file on top, and keys.
+//!
+//! Loading has two stages, as ripgrep does with its arguments. The raw stage
+//! (`CatalogFile`) mirrors the TOML exactly, every field optional, so the
+//! user's file can override any built-in entry key by key. The resolved stage
+//! (`Catalog`) is validated domain data the rest of the crate trusts.
+//!
+//! Bad configuration never takes the server down: a user file that does not
+//! parse is reported (file, line, key) and the built-in catalog is used; a
+//! provider that does not validate is dropped with its own error. Every error
+//! is kept in `Catalog::problems` so tools and `freepool-mcp check` can show it.
+//!
+//! Keys never leave this module in the clear except through `ApiKey::expose`,
+//! which only `upstream` calls when it builds the `Authorization` header.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::map::Map;
+
+/// The built-in catalog, compiled into the binary.
+pub const BUILTIN_CATALOG: &str = include_str!("../providers.toml");
+
+/// Environment variables the program reads, in one place.
+pub mod env {
+    /// Path of the user's catalog file (overrides the default location).
+    pub const CONFIG: &str = "FREEPOOL_CONFIG";
+    /// Directory for the ledger, the decision log and the budget snapshot.
+    pub const STATE_DIR: &str = "FREEPOOL_STATE_DIR";
+    /// Pins the budget mode (`normal`, `prefer_sonnet`, `delegate_more`, `exhausted`).
+    pub const BUDGET_MODE: &str = "FREEPOOL_BUDGET_MODE";
+    /// Log filter for stderr, in `tracing_subscriber::EnvFilter` syntax.
+    pub const LOG: &str = "FREEPOOL_LOG";
+    /// Set by Claude Code for each session it spawns us in.
+    pub const SESSION_ID: &str = "CLAUDE_CODE_SESSION_ID";
+    /// Test-only: a fixed "now" (RFC 3339) so windows can be rolled on demand.
+    pub const FAKE_NOW: &str = "FREEPOOL_FAKE_NOW";
+}
+
+/// A configuration problem, located as precisely as the input allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", origin.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file (or `<built-in catalog>`).
+    pub origin: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong, naming the key (`providers.groq.models."x".context`).
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------
+// Raw stage: the TOML as written.
+// ---------------------------------------------------------------------------
+
+/// The TOML document, as parsed, before merging and validation.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogFile {
+    /// Format version; only 1 exists.
+    pub schema: Option<u32>,
+    /// Global settings.
+    #[serde(default)]
+    pub settings: SettingsFile,
+    /// Providers by id, in file order.
+    #[serde(default)]
+    pub providers: Map<String, toml::Value>,
+}
+
+/// `[settings]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsFile {
+    keyless: Option<bool>,
+    exclude_training: Option<bool>,
+    budget_mode: Option<String>,
+    max_attempts: Option<u32>,
+    call_timeout_secs: Option<u64>,
+    output_reserve: Option<u32>,
+    max_wait_secs: Option<u64>,
+    fanout_concurrency: Option<u32>,
+    fanout_max_concurrency: Option<u32>,
+    fanout_max_chars_per_task: Option<usize>,
+}
+
+/// `[providers.ID]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderFile {
+    name: Option<String>,
+    base_url: Option<String>,
+    auth: Option<String>,
+    key_env: Option<Vec<String>>,
+    keys: Option<Vec<KeyFile>>,
+    keys_stack: Option<bool>,
+    trains_on_prompts: Option<bool>,
+    headers: Option<BTreeMap<String, String>>,
+    vars: Option<BTreeMap<String, String>>,
+    local: Option<bool>,
+    enabled: Option<bool>,
+    timeout_secs: Option<u64>,
+    first_byte_timeout_secs: Option<u64>,
+    max_concurrency: Option<u32>,
+    priority: Option<i32>,
+    day_reset: Option<String>,
+    month_reset: Option<String>,
+    source: Option<String>,
+    #[serde(default)]
+    pools: Map<String, toml::Value>,
+    #[serde(default)]
+    models: Map<String, toml::Value>,
+}
+
+/// One entry of `keys = [...]`: exactly one of `value`, `env`, `command`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    value: Option<String>,
+    env: Option<String>,
+    command: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolFile {
+    limits: Option<LimitsFile>,
+    models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    name: Option<String>,
+    family: Option<String>,
+    context: Option<u32>,
+    max_output: Option<u32>,
+    tier: Option<u8>,
+    tools: Option<bool>,
+    vision: Option<bool>,
+    enabled: Option<bool>,
+    priority: Option<i32>,
+    limits: Option<LimitsFile>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    rpm: Option<u64>,
+    rph: Option<u64>,
+    rpd: Option<u64>,
+    rpmo: Option<u64>,
+    tpm: Option<u64>,
+    tph: Option<u64>,
+    tpd: Option<u64>,
+    tpmo: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------
+// Resolved stage.
+// ---------------------------------------------------------------------------
+
+/// Program-wide settings (`[settings]`), with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Use providers that need no key (kilo, llm7, pollinations). One line turns them off.
+    pub keyless: bool,
+    /// Skip providers whose free tier may train on prompts.
+    pub exclude_training: bool,
+    /// A pinned budget mode, as written (validated by `budget`).
+    pub budget_mode: Option<String>,
+    /// Upper bound on provider attempts for one call.
+    pub max_attempts: u32,
+    /// Time budget for one whole call, all attempts included.
+    pub call_timeout: Duration,
+    /// Output tokens reserved when the caller gives no `max_tokens`.
+    pub output_reserve: u32,
+    /// Longest wait for capacity to free up before "no model can take this".
+    pub max_wait: Duration,
+    /// Default fanout concurrency.
+    pub fanout_concurrency: u32,
+    /// Largest fanout concurrency a caller may ask for.
+    pub fanout_max_concurrency: u32,
+    /// Answer text kept per fanout task (the rest is cut, with a marker).
+    pub fanout_max_chars_per_task: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            keyless: true,
+            exclude_training: false,
+            budget_mode: None,
+            max_attempts: 5,
+            call_timeout: Duration::from_secs(300),
+            output_reserve: 2000,
+            max_wait: Duration::from_secs(30),
+            fanout_concurrency: 4,
+            fanout_max_concurrency: 16,
+            fanout_max_chars_per_task: 8000,
+        }
+    }
+}
+
+/// How a provider authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer KEY`; unusable without a key.
+    Bearer,
+    /// Sends a key when one is configured, works anonymously otherwise.
+    Optional,
+    /// Never sends a key.
+    None,
+}
+
+/// When a day or month window starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// A sliding window ending now (the safe default).
+    Rolling,
+    /// Fixed at midnight in this zone (months: the 1st at midnight).
+    Midnight(chrono_tz::Tz),
+}
+
+/// The length of a limit's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Window {
+    /// 60 seconds, rolling.
+    Minute,
+    /// 3600 seconds, rolling.
+    Hour,
+    /// A day, rolling or fixed.
+    Day,
+    /// A month (30 days rolling, or calendar month), rolling or fixed.
+    Month,
+}
+
+impl Window {
+    /// Short label used in tables and messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Window::Minute => "min",
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+}
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Axis {
+    /// Requests.
+    Requests,
+    /// Tokens, prompt and completion together.
+    Tokens,
+}
+
+/// One numeric limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Requests or tokens.
+    pub axis: Axis,
+    /// Window length.
+    pub window: Window,
+    /// The most allowed in one window.
+    pub max: u64,
+    /// How the window resets.
+    pub reset: Reset,
+}
+
+impl Limit {
+    /// `rpm`, `tpd`, ... as written in TOML.
+    pub fn key(&self) -> &'static str {
+        match (self.axis, self.window) {
+            (Axis::Requests, Window::Minute) => "rpm",
+            (Axis::Requests, Window::Hour) => "rph",
+            (Axis::Requests, Window::Day) => "rpd",
+            (Axis::Requests, Window::Month) => "rpmo",
+            (Axis::Tokens, Window::Minute) => "tpm",
+            (Axis::Tokens, Window::Hour) => "tph",
+            (Axis::Tokens, Window::Day) => "tpd",
+            (Axis::Tokens, Window::Month) => "tpmo",
+        }
+    }
+}
+
+/// A limit shared by several models of one provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    /// Id, unique within the provider.
+    pub id: String,
+    /// The shared limits.
+    pub limits: Vec<Limit>,
+    /// The models drawing on it; `None` means all of the provider's models.
+    pub models: Option<Vec<String>>,
+}
+
+impl Pool {
+    /// Whether `model` draws on this pool.
+    pub fn covers(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == model))
+    }
+}
+
+/// One model as a provider serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// The id as the provider spells it.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// A name shared by every provider serving the same weights.
+    pub family: String,
+    /// Context window in tokens.
+    pub context: u32,
+    /// Largest completion the model produces.
+    pub max_output: u32,
+    /// Quality tier, 1 (frontier) to 4 (small).
+    pub tier: u8,
+    /// Supports tool calls.
+    pub tools: bool,
+    /// Accepts images.
+    pub vision: bool,
+    /// User priority; higher is tried first.
+    pub priority: i32,
+    /// Per-model limits.
+    pub limits: Vec<Limit>,
+}
+
+/// Where a key came from; shown instead of the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// An environment variable.
+    Env(String),
+    /// Written in the user's file.
+    Literal,
+    /// The stdout of a command.
+    Command(String),
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Env(v) => write!(f, "${v}"),
+            KeySource::Literal => f.write_str("config file"),
+            KeySource::Command(c) => write!(f, "command `{c}`"),
+        }
+    }
+}
+
+/// A secret. `Debug` and `Display` show only its fingerprint.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key, trimming surrounding whitespace.
+    pub fn new(raw: &str) -> Self {
+        ApiKey(raw.trim().to_owned())
+    }
+
+    /// The key itself. Only `upstream` calls this, to build the request header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A short, stable, non-reversible id: the first 12 hex digits of SHA-256.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.fingerprint())
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key {}", self.fingerprint())
+    }
+}
+
+/// A key slot: where to find the key, and, once resolved, the key.
+#[derive(Debug, Clone)]
+pub struct KeySlot {
+    /// Where it comes from.
+    pub source: KeySource,
+    /// The key, if found (commands run lazily, see `KeySlot::resolve`).
+    pub key: Option<ApiKey>,
+    /// Why the key could not be found.
+    pub problem: Option<String>,
+}
+
+impl KeySlot {
+    /// Runs the command of a `Command` slot once (a no-op otherwise).
+    ///
+    /// Commands run at most once per launch, like git's credential helpers,
+    /// and only when a provider is about to be used, so start-up stays fast.
+    pub fn resolve(&mut self) {
+        let KeySource::Command(cmd) = &self.source else {
+            return;
+        };
+        if self.key.is_some() || self.problem.is_some() {
+            return;
+        }
+        match run_key_command(cmd) {
+            Ok(key) => self.key = Some(key),
+            Err(e) => self.problem = Some(e),
+        }
+    }
+}
+
+fn run_key_command(cmd: &str) -> Result<ApiKey, String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("key command `{cmd}` could not start: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("key command `{cmd}` failed ({})", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("").trim();
+    if first.is_empty() {
+        return Err(format!("key command `{cmd}` printed nothing"));
+    }
+    Ok(ApiKey::new(first))
+}
+
+/// One provider, validated.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Id (`groq`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Base URL with placeholders filled in (`.../chat/completions` is appended).
+    pub base_url: String,
+    /// Placeholders left unfilled (a missing `CLOUDFLARE_ACCOUNT_ID`, say).
+    pub missing_vars: Vec<String>,
+    /// How it authenticates.
+    pub auth: Auth,
+    /// Key slots, in the order they are tried.
+    pub keys: Vec<KeySlot>,
+    /// Whether several keys add quota (false where quota is per account or project).
+    pub keys_stack: bool,
+    /// Whether the free tier may train on prompts (`None`: not stated).
+    pub trains_on_prompts: Option<bool>,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+    /// Allowed to use plain http / loopback.
+    pub local: bool,
+    /// Per-attempt time budget.
+    pub timeout: Duration,
+    /// Time allowed until the response headers arrive.
+    pub first_byte_timeout: Duration,
+    /// Requests in flight at once from one process.
+    pub max_concurrency: Option<u32>,
+    /// User priority for all models of this provider.
+    pub priority: i32,
+    /// When its day windows reset.
+    pub day_reset: Reset,
+    /// When its month windows reset.
+    pub month_reset: Reset,
+    /// Shared limits.
+    pub pools: Vec<Pool>,
+    /// Models, enabled ones only, in file order.
+    pub models: Vec<Model>,
+    /// Where the numbers came from.
+    pub source: String,
+}
+
+impl Provider {
+    /// True when the provider can be called without a key.
+    pub fn is_keyless(&self) -> bool {
+        matches!(self.auth, Auth::None | Auth::Optional)
+    }
+
+    /// Keys present right now (command keys count once resolved).
+    pub fn usable_keys(&self) -> impl Iterator<Item = &ApiKey> {
+        self.keys.iter().filter_map(|k| k.key.as_ref())
+    }
+
+    /// Whether a key is, or may be (an unresolved command), available.
+    pub fn has_key_or_command(&self) -> bool {
+        self.keys
+            .iter()
+            .any(|k| k.key.is_some() || (matches!(k.source, KeySource::Command(_)) && k.problem.is_none()))
+    }
+}
+
+/// The validated catalog and everything that went wrong loading it.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    /// Global settings.
+    pub settings: Settings,
+    /// Enabled providers, in file order.
+    pub providers: Vec<Provider>,
+    /// The user file that was read, if any.
+    pub user_file: Option<PathBuf>,
+    /// Problems found; the catalog still works without the parts they name.
+    pub problems: Vec<ConfigError>,
+    /// Warnings (e.g. a key file readable by others).
+    pub warnings: Vec<String>,
+}
+
+impl Catalog {
+    /// Finds a provider by id.
+    pub fn provider(&self, id: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.id == id)
+    }
+
+    /// All (provider, model) pairs.
+    pub fn models(&self) -> impl Iterator<Item = (&Provider, &Model)> {
+        self.providers
+            .iter()
+            .flat_map(|p| p.models.iter().map(move |m| (p, m)))
+    }
+}
+
+/// Where the user's file is: `$FREEPOOL_CONFIG`, else `<config dir>/freepool/providers.toml`.
+pub fn user_config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env::CONFIG) {
+        return Some(PathBuf::from(p));
+    }
+    directories::ProjectDirs::from("", "", "freepool")
+        .map(|d| d.config_dir().join("providers.toml"))
+}
+
+/// Loads the built-in catalog, the user's file on top, and resolves keys from
+/// the environment (commands wait until first use).
+pub fn load() -> Catalog {
+    let user = user_config_path();
+    let lookup = |name: &str| std::env::var(name).ok();
+    load_from(user.as_deref(), &lookup)
+}
+
+/// `load` with the user file path and environment given, for tests.
+pub fn load_from(user: Option<&Path>, env_lookup: &dyn Fn(&str) -> Option<String>) -> Catalog {
+    let builtin_origin = PathBuf::from("<built-in catalog>");
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let mut doc = match parse_file(BUILTIN_CATALOG, &builtin_origin) {
+        Ok(doc) => doc,
+        Err(e) => {
+            problems.push(e);
+            CatalogFile::default()
+        }
+    };
+    let mut user_file = None;
+    let mut user_text = String::new();
+    if let Some(path) = user {
+        match fs_err::read_to_string(path) {
+            Ok(text) => {
+                user_file = Some(path.to_path_buf());
+                match parse_file(&text, path) {
+                    Ok(overlay) => {
+                        if file_has_literal_keys(&overlay) && is_readable_by_others(path) {
+                            warnings.push(format!(
+                                "{} holds API keys and is readable by other users; run: chmod 600 {}",
+                                path.display(),
+                                path.display()
+                            ));
+                        }
+                        merge(&mut doc, overlay);
+                        user_text = text;
+                    }
+                    Err(e) => problems.push(e),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os(env::CONFIG).is_none() => {}
+            Err(e) => problems.push(ConfigError {
+                origin: path.to_path_buf(),
+                line: None,
+                message: format!("cannot read the file: {}", e.kind()),
+            }),
+        }
+    }
+    let locate = |key_path: &str| -> (PathBuf, Option<usize>) {
+        if let Some(path) = &user_file
+            && let Some(line) = find_line(&user_text, key_path)
+        {
+            return (path.clone(), Some(line));
+        }
+        (builtin_origin.clone(), find_line(BUILTIN_CATALOG, key_path))
+    };
+    let settings = resolve_settings(&doc.settings, &locate, &mut problems);
+    let mut providers = Vec::new();
+    for (id, value) in &doc.providers {
+        match resolve_provider(id, value, &settings, env_lookup, &locate) {
+            Ok(Some(p)) => providers.push(p),
+            Ok(None) => {}
+            Err(e) => problems.push(e),
+        }
+    }
+    Catalog {
+        settings,
+        providers,
+        user_file,
+        problems,
+        warnings,
+    }
+}
+
+/// Parses one TOML file into the raw form, with a located error.
+pub fn parse_file(text: &str, origin: &Path) -> Result<CatalogFile, ConfigError> {
+    let doc: CatalogFile = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        let key = e
+            .span()
+            .and_then(|s| enclosing_table(text, s.start))
+            .map(|t| format!(" (in [{t}])"))
+            .unwrap_or_default();
+        ConfigError {
+            origin: origin.to_path_buf(),
+            line,
+            message: format!("{}{key}", e.message().trim_end()),
+        }
+    })?;
+    if let Some(schema) = doc.schema
+        && schema != 1
+    {
+        return Err(ConfigError {
+            origin: origin.to_path_buf(),
+            line: find_line(text, "schema"),
+            message: format!("schema: version {schema} is not supported (this build reads 1)"),
+        });
+    }
+    Ok(doc)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The `[table]` header above byte `offset`, without brackets.
+fn enclosing_table(text: &str, offset: usize) -> Option<String> {
+    text[..offset.min(text.len())]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_owned())
+}
+
+/// Best-effort line of a dotted key path (`providers.groq.models."x".context`):
+/// the line of the deepest table header written for it, then the key inside.
+fn find_line(text: &str, key_path: &str) -> Option<usize> {
+    let (table, key) = match key_path.rsplit_once('.') {
+        Some((t, k)) if !k.ends_with('"') => (t, k),
+        _ => (key_path, ""),
+    };
+    let mut prefix = table;
+    loop {
+        let header = format!("[{prefix}]");
+        if let Some(start) = text.lines().position(|l| l.trim() == header) {
+            if prefix == table && !key.is_empty() {
+                for (i, l) in text.lines().enumerate().skip(start + 1) {
+                    let t = l.trim_start();
+                    if t.starts_with('[') {
+                        break;
+                    }
+                    if t.starts_with(key) && t[key.len()..].trim_start().starts_with('=') {
+                        return Some(i + 1);
+                    }
+                }
+            }
+            return Some(start + 1);
+        }
+        match prefix.rsplit_once('.') {
+            Some((p, _)) => prefix = p,
+            None => break,
+        }
+    }
+    if table.is_empty() || !key_path.contains('.') {
+        return text
+            .lines()
+            .position(|l| l.trim_start().starts_with(key_path))
+            .map(|i| i + 1);
+    }
+    None
+}
+
+fn file_has_literal_keys(doc: &CatalogFile) -> bool {
+    doc.providers.values().any(|p| {
+        p.get("keys")
+            .and_then(|k| k.as_array())
+            .is_some_and(|keys| keys.iter().any(|k| k.get("value").is_some()))
+    })
+}
+
+#[cfg(unix)]
+fn is_readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_readable_by_others(_path: &Path) -> bool {
+    false
+}
+
+/// Overlays `top` onto `base`: tables merge key by key, anything else replaces.
+pub fn merge(base: &mut CatalogFile, top: CatalogFile) {
+    if top.schema.is_some() {
+        base.schema = top.schema;
+    }
+    let s = top.settings;
+    macro_rules! take {
+        ($($f:ident),*) => { $( if s.$f.is_some() { base.settings.$f = s.$f; } )* };
+    }
+    take!(
+        keyless,
+        exclude_training,
+        budget_mode,
+        max_attempts,
+        call_timeout_secs,
+        output_reserve,
+        max_wait_secs,
+        fanout_concurrency,
+        fanout_max_concurrency,
+        fanout_max_chars_per_task
+    );
+    for (id, value) in top.providers {
+        match base.providers.get_mut(&id) {
+            Some(existing) => merge_value(existing, value),
+            None => {
+                base.providers.insert(id, value);
+            }
+        }
+    }
+}
+
+fn merge_value(base: &mut toml::Value, top: toml::Value) {
+    match (base, top) {
+        (toml::Value::Table(b), toml::Value::Table(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(existing) => merge_value(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, t) => *b = t,
+    }
+}
+
+fn resolve_settings(
+    s: &SettingsFile,
+    locate: &dyn Fn(&str) -> (PathBuf, Option<usize>),
+    problems: &mut Vec<ConfigError>,
+) -> Settings {
+    let d = Settings::default();
+    let mut out = Settings {
+        keyless: s.keyless.unwrap_or(d.keyless),
+        exclude_training: s.exclude_training.unwrap_or(d.exclude_training),
+        budget_mode: s.budget_mode.clone(),
+        max_attempts: s.max_attempts.unwrap_or(d.max_attempts),
+        call_timeout: s.call_timeout_secs.map(Duration::from_secs).unwrap_or(d.call_timeout),
+        output_reserve: s.output_reserve.unwrap_or(d.output_reserve),
+        max_wait: s.max_wait_secs.map(Duration::from_secs).unwrap_or(d.max_wait),
+        fanout_concurrency: s.fanout_concurrency.unwrap_or(d.fanout_concurrency),
+        fanout_max_concurrency: s.fanout_max_concurrency.unwrap_or(d.fanout_max_concurrency),
+        fanout_max_chars_per_task: s.fanout_max_chars_per_task.unwrap_or(d.fanout_max_chars_per_task),
+    };
+    let mut bad = |key: &str, msg: &str| {
+        let (origin, line) = locate(&format!("settings.{key}"));
+        problems.push(ConfigError {
+            origin,
+            line,
+            message: format!("settings.{key}: {msg}"),
+        });
+    };
+    if out.max_attempts == 0 {
+        bad("max_attempts", "must be at least 1; using 5");
+        out.max_attempts = d.max_attempts;
+    }
+    if out.fanout_max_concurrency == 0 {
+        bad("fanout_max_concurrency", "must be at least 1; using 16");
+        out.fanout_max_concurrency = d.fanout_max_concurrency;
+    }
+    if out.fanout_concurrency == 0 || out.fanout_concurrency > out.fanout_max_concurrency {
+        bad("fanout_concurrency", "must be between 1 and fanout_max_concurrency; using 4");
+        out.fanout_concurrency = d.fanout_concurrency.min(out.fanout_max_concurrency);
+    }
+    out
+}
+
+fn resolve_provider(
+    id: &str,
+    value: &toml::Value,
+    settings: &Settings,
+    env_lookup: &dyn Fn(&str) -> Option<String>,
+    locate: &dyn Fn(&str) -> (PathBuf, Option<usize>),
+) -> Result<Option<Provider>, ConfigError> {
+    let path = format!("providers.{id}");
+    let err = |key: &str, message: String| {
+        let full = if key.is_empty() { path.clone() } else { format!("{path}.{key}") };
+        let (origin, line) = locate(&full);
+        ConfigError {
+            origin,
+            line,
+            message: format!("{full}: {message}"),
+        }
+    };
+    let raw: ProviderFile = value
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| err("", e.message().trim().to_owned()))?;
+    if !is_valid_id(id) {
+        return Err(err("", "ids may use letters, digits, '-' and '_' only".into()));
+    }
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let name = raw.name.clone().unwrap_or_else(|| id.to_owned());
+    let template = raw
+        .base_url
+        .clone()
+        .ok_or_else(|| err("base_url", "missing (an OpenAI-compatible URL ending before /chat/completions)".into()))?;
+    let local = raw.local.unwrap_or(false);
+    check_url(&template, local).map_err(|m| err("base_url", m))?;
+    let (base_url, missing_vars) = fill_vars(&template, raw.vars.as_ref(), env_lookup);
+    let auth = match raw.auth.as_deref().unwrap_or("bearer") {
+        "bearer" => Auth::Bearer,
+        "optional" => Auth::Optional,
+        "none" => Auth::None,
+        other => return Err(err("auth", format!("`{other}` is not one of bearer, optional, none"))),
+    };
+    if auth != Auth::Bearer && !settings.keyless && !local {
+        // `[settings] keyless = false` turns every anonymous provider off.
+        return Ok(None);
+    }
+    let trains = raw.trains_on_prompts;
+    if settings.exclude_training && trains == Some(true) {
+        return Ok(None);
+    }
+    let mut keys = Vec::new();
+    for (i, k) in raw.keys.iter().flatten().enumerate() {
+        let slot = match (&k.value, &k.env, &k.command) {
+            (Some(v), None, None) => KeySlot {
+                source: KeySource::Literal,
+                key: Some(ApiKey::new(v)),
+                problem: None,
+            },
+            (None, Some(var), None) => env_slot(var, env_lookup),
+            (None, None, Some(cmd)) => KeySlot {
+                source: KeySource::Command(cmd.clone()),
+                key: None,
+                problem: None,
+            },
+            _ => {
+                return Err(err(
+                    &format!("keys[{i}]"),
+                    "give exactly one of value, env, command".into(),
+                ));
+            }
+        };
+        keys.push(slot);
+    }
+    for var in raw.key_env.iter().flatten() {
+        if !keys.iter().any(|k| k.source == KeySource::Env(var.clone())) {
+            keys.push(env_slot(var, env_lookup));
+        }
+    }
+    // Several env names for one provider are aliases (GEMINI_API_KEY and
+    // GOOGLE_API_KEY): keep one slot per distinct key.
+    let mut seen = Vec::new();
+    keys.retain(|k| match &k.key {
+        Some(key) if seen.contains(&key.fingerprint()) => false,
+        Some(key) => {
+            seen.push(key.fingerprint());
+            true
+        }
+        None => true,
+    });
+    let day_reset = parse_reset(raw.day_reset.as_deref()).map_err(|m| err("day_reset", m))?;
+    let month_reset = parse_reset(raw.month_reset.as_deref()).map_err(|m| err("month_reset", m))?;
+    let mut pools = Vec::new();
+    for (pid, pv) in &raw.pools {
+        let pf: PoolFile = pv
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| err(&format!("pools.{pid}"), e.message().trim().to_owned()))?;
+        let limits = limits_of(pf.limits.unwrap_or_default(), day_reset, month_reset);
+        if limits.is_empty() {
+            return Err(err(&format!("pools.{pid}.limits"), "a pool needs at least one limit".into()));
+        }
+        if let Some(ms) = &pf.models
+            && let Some(unknown) = ms.iter().find(|m| !raw.models.contains_key(*m))
+        {
+            return Err(err(
+                &format!("pools.{pid}.models"),
+                format!("`{unknown}` is not a model of this provider"),
+            ));
+        }
+        pools.push(Pool {
+            id: pid.clone(),
+            limits,
+            models: pf.models,
+        });
+    }
+    let mut models = Vec::new();
+    for (mid, mv) in &raw.models {
+        let mpath = format!("models.\"{mid}\"");
+        let mf: ModelFile = mv
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| err(&mpath, e.message().trim().to_owned()))?;
+        if mf.enabled == Some(false) {
+            continue;
+        }
+        let context = mf
+            .context
+            .ok_or_else(|| err(&format!("{mpath}.context"), "missing (the context window in tokens)".into()))?;
+        if context < 256 {
+            return Err(err(&format!("{mpath}.context"), format!("{context} tokens is too small to be real")));
+        }
+        let max_output = mf.max_output.unwrap_or((context / 4).min(8192));
+        if max_output == 0 || max_output > context {
+            return Err(err(
+                &format!("{mpath}.max_output"),
+                format!("{max_output} must be between 1 and the context window ({context})"),
+            ));
+        }
+        let tier = mf.tier.unwrap_or(3);
+        if !(1..=4).contains(&tier) {
+            return Err(err(&format!("{mpath}.tier"), format!("{tier} is not between 1 and 4")));
+        }
+        models.push(Model {
+            id: mid.clone(),
+            name: mf.name.unwrap_or_else(|| mid.clone()),
+            family: mf.family.unwrap_or_else(|| mid.to_lowercase()),
+            context,
+            max_output,
+            tier,
+            tools: mf.tools.unwrap_or(false),
+            vision: mf.vision.unwrap_or(false),
+            priority: mf.priority.unwrap_or(0),
+            limits: limits_of(mf.limits.unwrap_or_default(), day_reset, month_reset),
+        });
+    }
+    if models.is_empty() {
+        return Ok(None);
+    }
+    let timeout = Duration::from_secs(raw.timeout_secs.unwrap_or(90));
+    let first_byte_timeout = raw
+        .first_byte_timeout_secs
+        .map(Duration::from_secs)
+        .unwrap_or(timeout);
+    Ok(Some(Provider {
+        id: id.to_owned(),
+        name,
+        base_url,
+        missing_vars,
+        auth,
+        keys,
+        keys_stack: raw.keys_stack.unwrap_or(false),
+        trains_on_prompts: trains,
+        headers: raw.headers.unwrap_or_default().into_iter().collect(),
+        local,
+        timeout,
+        first_byte_timeout,
+        max_concurrency: raw.max_concurrency,
+        priority: raw.priority.unwrap_or(0),
+        day_reset,
+        month_reset,
+        pools,
+        models,
+        source: raw.source.unwrap_or_default(),
+    }))
+}
+
+fn env_slot(var: &str, env_lookup: &dyn Fn(&str) -> Option<String>) -> KeySlot {
+    let key = env_lookup(var).filter(|v| !v.trim().is_empty()).map(|v| ApiKey::new(&v));
+    KeySlot {
+        source: KeySource::Env(var.to_owned()),
+        problem: key.is_none().then(|| format!("${var} is not set")),
+        key,
+    }
+}
+
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Remote providers must use https; plain http and loopback hosts need `local = true`.
+fn check_url(url: &str, local: bool) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        if !local {
+            return Err(format!("`{url}` is plain http; set `local = true` if it is a server on this machine"));
+        }
+        r
+    } else {
+        return Err(format!("`{url}` must start with https:// (or http:// with `local = true`)"));
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| host_without_port(h));
+    let host = host_without_port(host);
+    let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]" || host == "0.0.0.0";
+    if loopback && !local {
+        return Err(format!("`{url}` points at this machine; set `local = true` to allow it"));
+    }
+    Ok(())
+}
+
+fn host_without_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return h.split_inclusive(']').next().unwrap_or(h);
+    }
+    h.rsplit_once(':').map_or(h, |(host, _)| host)
+}
+
+fn fill_vars(
+    template: &str,
+    vars: Option<&BTreeMap<String, String>>,
+    env_lookup: &dyn Fn(&str) -> Option<String>,
+) -> (String, Vec<String>) {
+    let mut url = template.to_owned();
+    let mut missing = Vec::new();
+    for (name, var) in vars.into_iter().flatten() {
+        let placeholder = format!("{{{name}}}");
+        match env_lookup(var).filter(|v| !v.trim().is_empty()) {
+            Some(v) => url = url.replace(&placeholder, v.trim()),
+            None => missing.push(var.clone()),
+        }
+    }
+    (url, missing)
+}
+
+fn parse_reset(s: Option<&str>) -> Result<Reset, String> {
+    match s {
+        None | Some("rolling") => Ok(Reset::Rolling),
+        Some(tz) => tz
+            .parse::<chrono_tz::Tz>()
+            .map(Reset::Midnight)
+            .map_err(|_| format!("`{tz}` is neither \"rolling\" nor a time zone like \"UTC\" or \"America/Los_Angeles\"")),
+    }
+}
+
+fn limits_of(l: LimitsFile, day: Reset, month: Reset) -> Vec<Limit> {
+    let entries = [
+        (l.rpm, Axis::Requests, Window::Minute),
+        (l.rph, Axis::Requests, Window::Hour),
+        (l.rpd, Axis::Requests, Window::Day),
+        (l.rpmo, Axis::Requests, Window::Month),
+        (l.tpm, Axis::Tokens, Window::Minute),
+        (l.tph, Axis::Tokens, Window::Hour),
+        (l.tpd, Axis::Tokens, Window::Day),
+        (l.tpmo, Axis::Tokens, Window::Month),
+    ];
+    entries
+        .into_iter()
+        .filter_map(|(max, axis, window)| {
+            let reset = match window {
+                Window::Minute | Window::Hour => Reset::Rolling,
+                Window::Day => day,
+                Window::Month => month,
+            };
+            max.map(|max| Limit { axis, window, max, reset })
+        })
+        .collect()
+}
+
+/// Where state lives: `$FREEPOOL_STATE_DIR`, else the platform data dir.
+pub fn state_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os(env::STATE_DIR) {
+        return PathBuf::from(p);
+    }
+    directories::ProjectDirs::from("", "", "freepool")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| std::env::temp_dir().join("freepool"))
+}
+
+/// Creates the state dir, private to the user (0700).
+pub fn ensure_state_dir(dir: &Path) -> std::io::Result<()> {
+    fs_err::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs_err::metadata(dir)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            // Best effort: a dir we do not own keeps its mode.
+            let _ = fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load_user(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Catalog {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("providers.toml");
+        std::fs::write(&path, text).unwrap();
+        load_from(Some(&path), env)
+    }
+
+    #[test]
+    fn builtin_catalog_is_clean_and_large() {
+        let cat = load_from(None, &no_env);
+        assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+        let live = cat.providers.iter().filter(|p| p.id != "local").count();
+        assert!(live >= 14, "only {live} providers");
+        assert!(cat.models().count() >= 60);
+        assert!(cat.provider("local").is_none(), "local is off until enabled");
+        assert!(cat.provider("github").is_none(), "GitHub Models are gone upstream");
+    }
+
+    #[test]
+    fn family_is_shared_across_providers() {
+        let cat = load_from(None, &no_env);
+        let serving: Vec<_> = cat
+            .models()
+            .filter(|(_, m)| m.family == "llama-3.3-70b")
+            .map(|(p, _)| p.id.as_str())
+            .collect();
+        assert!(serving.len() >= 3, "{serving:?}");
+    }
+
+    #[test]
+    fn pools_and_fixed_resets_are_expressed() {
+        let cat = load_from(None, &no_env);
+        let or = cat.provider("openrouter").unwrap();
+        assert_eq!(or.pools[0].limits[0].key(), "rpd");
+        assert!(or.pools[0].covers("qwen/qwen3-coder:free"));
+        let google = cat.provider("google").unwrap();
+        let rpd = google.models[0].limits.iter().find(|l| l.key() == "rpd").unwrap();
+        assert_eq!(rpd.reset, Reset::Midnight(chrono_tz::America::Los_Angeles));
+        let rpm = google.models[0].limits.iter().find(|l| l.key() == "rpm").unwrap();
+        assert_eq!(rpm.reset, Reset::Rolling);
+    }
+
+    #[test]
+    fn user_file_overrides_by_id_key_by_key() {
+        let cat = load_user(
+            r#"
+[providers.groq.models."llama-3.3-70b-versatile"]
+limits = { rpd = 10 }
+
+[providers.cerebras]
+enabled = false
+
+[providers.groq.models."groq/compound"]
+enabled = false
+"#,
+            &no_env,
+        );
+        assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+        assert!(cat.provider("cerebras").is_none());
+        let groq = cat.provider("groq").unwrap();
+        assert!(!groq.models.iter().any(|m| m.id == "groq/compound"));
+        let llama = groq.models.iter().find(|m| m.id == "llama-3.3-70b-versatile").unwrap();
+        let rpd = llama.limits.iter().find(|l| l.key() == "rpd").unwrap();
+        assert_eq!(rpd.max, 10);
+        // Untouched keys of the same table survive the merge.
+        assert!(llama.limits.iter().any(|l| l.key() == "tpm" && l.max == 12000));
+        assert_eq!(llama.context, 131072);
+    }
+
+    #[test]
+    fn keyless_line_turns_anonymous_providers_off() {
+        let cat = load_user("[settings]\nkeyless = false\n", &no_env);
+        assert!(cat.provider("kilo").is_none());
+        assert!(cat.provider("llm7").is_none());
+        let on = load_from(None, &no_env);
+        assert!(on.provider("kilo").unwrap().is_keyless());
+    }
+
+    #[test]
+    fn custom_provider_with_several_keys() {
+        let env = |n: &str| (n == "MY_KEY").then(|| "env-secret-1".to_owned());
+        let cat = load_user(
+            r#"
+[providers.mine]
+base_url = "https://llm.example.com/v1"
+keys = [{ value = "literal-secret" }, { env = "MY_KEY" }, { command = "echo cmd-secret" }]
+[providers.mine.models.m1]
+context = 8192
+"#,
+            &env,
+        );
+        assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+        let p = cat.provider("mine").unwrap();
+        assert_eq!(p.keys.len(), 3);
+        assert_eq!(p.usable_keys().count(), 2, "the command waits until first use");
+        let mut slot = p.keys[2].clone();
+        slot.resolve();
+        assert_eq!(slot.key.unwrap().expose(), "cmd-secret");
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line_and_keeps_builtin() {
+        let cat = load_user("[providers.groq]\nname = \"unterminated\n", &no_env);
+        assert_eq!(cat.problems.len(), 1);
+        let msg = cat.problems[0].to_string();
+        assert!(msg.contains("providers.toml:2"), "{msg}");
+        assert!(cat.provider("groq").is_some(), "built-in catalog still loaded");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let cat = load_user("\n\n[providers.groq.models.\"llama-3.3-70b-versatile\"]\ncontxt = 5\n", &no_env);
+        let msg = cat.problems[0].to_string();
+        assert!(msg.contains("contxt"), "{msg}");
+        assert!(msg.contains("providers.toml:"), "{msg}");
+        assert!(msg.contains("providers.groq.models"), "{msg}");
+        assert!(cat.provider("groq").is_none(), "the broken provider is dropped, not the rest");
+        assert!(cat.provider("cerebras").is_some());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("[providers.x]\nbase_url = \"ftp://a\"\n[providers.x.models.m]\ncontext = 4096\n", "providers.x.base_url"),
+            ("[providers.x]\nbase_url = \"http://127.0.0.1:9/v1\"\n[providers.x.models.m]\ncontext = 4096\n", "local = true"),
+            ("[providers.x]\nbase_url = \"https://a/v1\"\n[providers.x.models.m]\n", "models.\"m\".context"),
+            ("[providers.x]\nbase_url = \"https://a/v1\"\nday_reset = \"Mars/Base\"\n[providers.x.models.m]\ncontext = 4096\n", "day_reset"),
+            ("[providers.x]\nbase_url = \"https://a/v1\"\n[providers.x.models.m]\ncontext = 4096\ntier = 9\n", "tier"),
+        ];
+        for (text, want) in cases {
+            let cat = load_user(text, &no_env);
+            let msg = cat.problems.first().map(|p| p.to_string()).unwrap_or_default();
+            assert!(msg.contains(want), "{text:?}: {msg}");
+            assert!(msg.contains("providers.toml:"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn placeholders_fill_from_env_or_are_reported() {
+        let env = |n: &str| (n == "CLOUDFLARE_ACCOUNT_ID").then(|| "acc123".to_owned());
+        let cat = load_from(None, &env);
+        assert!(cat.provider("cloudflare").unwrap().base_url.contains("/accounts/acc123/"));
+        let cat = load_from(None, &no_env);
+        assert_eq!(cat.provider("cloudflare").unwrap().missing_vars, vec!["CLOUDFLARE_ACCOUNT_ID"]);
+    }
+
+    #[test]
+    fn key_debug_shows_only_fingerprint() {
+        let k = ApiKey::new("sk-very-secret-value");
+        assert!(!format!("{k:?} {k}").contains("secret"));
+        assert_eq!(k.fingerprint().len(), 12);
+    }
+
+    #[test]
+    fn alias_env_vars_do_not_double_a_key() {
+        let env = |n: &str| matches!(n, "GEMINI_API_KEY" | "GOOGLE_API_KEY").then(|| "same".to_owned());
+        let cat = load_from(None, &env);
+        assert_eq!(cat.provider("google").unwrap().usable_keys().count(), 1);
+    }
+}

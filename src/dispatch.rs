@@ -1,0 +1,683 @@
+//! One request through the pool: the only place policy and IO meet.
+//!
+//! `Engine::delegate` runs the failover loop:
+//! 1. `gate` scans the prompt and system prompt; a secret ends the call here.
+//! 2. `router` ranks candidates over a `ledger` snapshot.
+//! 3. `ledger` leases the best one (atomically re-checking every window).
+//! 4. `upstream` sends it; its `Failure` says what to skip and how long to bench.
+//! 5. `ledger` commits the attempt (usage, bench, learned limit).
+//! 6. On failure, back to 2 with the skip added, within the attempt and time
+//!    budgets; when nothing can serve, wait for capacity if it returns soon.
+//! 7. `decisions` records the routing decision when the caller gave a gist.
+//!
+//! The engine owns the loaded catalog and opens the ledger and the decision
+//! log lazily, so the MCP server answers `initialize` without touching disk.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::budget::{self, Assessment};
+use crate::config::{Catalog, Provider};
+use crate::decisions::{self, Decision};
+use crate::gate::{self, Finding};
+use crate::ledger::{self, AttemptRecord, BenchFn, BenchScope, Ledger, Millis, now_ms};
+use crate::router::{self, Exclusion, Rejection, Selector, UnknownModel};
+use crate::upstream::{self, BenchSource, ChatRequest, Failure, Skip, Target};
+
+/// Longest answer returned by `delegate`, in characters.
+pub const MAX_ANSWER_CHARS: usize = 80_000;
+/// Longest fanout result in all, in characters (Claude Code's token cap is ~25k tokens).
+pub const MAX_FANOUT_CHARS: usize = 80_000;
+
+/// A delegate call.
+#[derive(Debug, Clone, Default)]
+pub struct DelegateRequest {
+    /// The prompt.
+    pub prompt: String,
+    /// Optional system prompt.
+    pub system: Option<String>,
+    /// `auto`, `provider/model` or a family.
+    pub model: Option<String>,
+    /// Completion cap.
+    pub max_tokens: Option<u32>,
+    /// Temperature.
+    pub temperature: Option<f32>,
+    /// Optional decision-log fields.
+    pub log: Option<LogFields>,
+}
+
+/// What the caller tells us to log about the task (never the prompt).
+#[derive(Debug, Clone, Default)]
+pub struct LogFields {
+    /// Short description.
+    pub gist: Option<String>,
+    /// Difficulty 1-10.
+    pub score: Option<u8>,
+    /// Task type.
+    pub task_type: Option<String>,
+}
+
+/// One attempt of a call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    /// `provider/model`.
+    pub model: String,
+    /// `ok` or the failure, with a short scrubbed detail.
+    pub outcome: String,
+    /// Milliseconds it took.
+    pub ms: u64,
+}
+
+/// A served completion, with provenance.
+#[derive(Debug, Clone, Serialize)]
+pub struct Served {
+    /// The answer (cut at `MAX_ANSWER_CHARS`).
+    pub text: String,
+    /// `provider/model` that served it.
+    pub model: String,
+    /// The model name the provider reported, when it differs.
+    pub reported_model: Option<String>,
+    /// Prompt tokens (reported, or estimated when `estimated`).
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Whether the counts are our estimate.
+    pub estimated: bool,
+    /// Whole-call latency.
+    pub latency_ms: u64,
+    /// Every attempt, the last one being the success.
+    pub attempts: Vec<Attempt>,
+    /// The answer stopped at the token cap.
+    pub truncated: bool,
+    /// Whether the provider's free tier may train on prompts (`None`: not stated).
+    pub trains_on_prompts: Option<bool>,
+    /// The decision logged for this call, if any.
+    pub decision_id: Option<i64>,
+}
+
+/// Why a call did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The credential gate found secrets.
+    #[error("{}", refusal_text(findings))]
+    Refused {
+        /// What was found (never the values).
+        findings: Vec<(String, Finding)>,
+    },
+    /// The model name matches nothing.
+    #[error(transparent)]
+    UnknownModel(#[from] UnknownModel),
+    /// Bad arguments.
+    #[error("{0}")]
+    Invalid(String),
+    /// Nothing can serve now; says why per candidate and when capacity returns.
+    #[error("{}", no_capacity_text(rejected, attempts, *soonest, *now))]
+    NoCandidate {
+        /// Candidates and why not.
+        rejected: Vec<Rejection>,
+        /// Attempts made before giving up.
+        attempts: Vec<Attempt>,
+        /// When the first candidate frees up.
+        soonest: Option<Millis>,
+        /// When this was decided.
+        now: Millis,
+    },
+    /// The attempt or time budget ran out.
+    #[error("{}", exhausted_text(attempts, *timed_out))]
+    Exhausted {
+        /// The attempts.
+        attempts: Vec<Attempt>,
+        /// True when the time budget ended it.
+        timed_out: bool,
+    },
+    /// The state dir cannot be used.
+    #[error("{0}")]
+    State(String),
+}
+
+fn refusal_text(findings: &[(String, Finding)]) -> String {
+    let list: Vec<String> = findings.iter().take(8).map(|(field, f)| format!("{} in {field} at line {}, column {}", f.kind, f.line, f.column)).collect();
+    let more = findings.len().saturating_sub(8);
+    format!(
+        "refused: the text carries a secret ({}{}). Nothing was sent. Keep this task on Claude, or remove the secret and delegate again.",
+        list.join("; "),
+        if more > 0 { format!("; and {more} more") } else { String::new() }
+    )
+}
+
+fn when(t: Millis, now: Millis) -> String {
+    let secs = ((t - now) as f64 / 1000.0).ceil() as i64;
+    format!("{} ({})", budget::iso(t / 1000), budget::relative(secs))
+}
+
+fn no_capacity_text(rejected: &[Rejection], attempts: &[Attempt], soonest: Option<Millis>, now: Millis) -> String {
+    let mut out = String::from("no model can take this request now.");
+    if !attempts.is_empty() {
+        out.push_str(&format!("\nattempts:\n{}", attempt_lines(attempts)));
+    }
+    // Group "no key" and "missing var" by provider: 60 lines of the same reason help nobody.
+    let mut grouped: Vec<(String, String, usize)> = Vec::new();
+    let mut singles = Vec::new();
+    for r in rejected {
+        match &r.reason {
+            router::Reason::NoKey(_) | router::Reason::MissingVar(_) => {
+                let provider = r.id.split('/').next().unwrap_or("").to_owned();
+                let reason = r.reason.to_string();
+                match grouped.iter_mut().find(|(p, why, _)| *p == provider && *why == reason) {
+                    Some(g) => g.2 += 1,
+                    None => grouped.push((provider, reason, 1)),
+                }
+            }
+            _ => singles.push(r),
+        }
+    }
+    if !singles.is_empty() {
+        out.push_str("\nwhy each candidate cannot:");
+        for r in singles.iter().take(15) {
+            let back = r.frees_at.map(|t| format!("; room again {}", when(t, now))).unwrap_or_default();
+            out.push_str(&format!("\n- {}: {}{back}", r.id, r.reason));
+        }
+        if singles.len() > 15 {
+            out.push_str(&format!("\n- and {} more", singles.len() - 15));
+        }
+    }
+    if !grouped.is_empty() {
+        out.push_str("\nnot configured:");
+        for (p, why, n) in grouped.iter().take(20) {
+            out.push_str(&format!("\n- {p} ({n} model{}): {why}", if *n == 1 { "" } else { "s" }));
+        }
+    }
+    match soonest {
+        Some(t) => out.push_str(&format!("\ncapacity returns first {}.", when(t, now))),
+        None if rejected.iter().all(|r| matches!(r.reason, router::Reason::NoKey(_) | router::Reason::MissingVar(_))) => {
+            out.push_str("\nadd a provider key (see `freepool-mcp models`), or enable the keyless providers.")
+        }
+        None => {}
+    }
+    out.push_str("\nkeep this task on Claude.");
+    out
+}
+
+fn attempt_lines(attempts: &[Attempt]) -> String {
+    attempts.iter().enumerate().map(|(i, a)| format!("  {}. {}: {} ({} ms)", i + 1, a.model, a.outcome, a.ms)).collect::<Vec<_>>().join("\n")
+}
+
+fn exhausted_text(attempts: &[Attempt], timed_out: bool) -> String {
+    let why = if timed_out { "the call's time budget ran out" } else { "every allowed attempt failed" };
+    format!("the pool could not answer: {why} after {} attempt(s):\n{}\nkeep this task on Claude or try again later.", attempts.len(), attempt_lines(attempts))
+}
+
+/// One fanout task.
+#[derive(Debug, Clone, Default)]
+pub struct Task {
+    /// Caller's id (defaults to the index).
+    pub id: String,
+    /// The request.
+    pub request: DelegateRequest,
+}
+
+/// The result of one fanout task.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskResult {
+    /// The task id.
+    pub id: String,
+    /// `ok`, `refused` or `failed`.
+    pub status: &'static str,
+    /// The answer, when ok (cut to the per-task cap).
+    pub text: Option<String>,
+    /// Served model.
+    pub model: Option<String>,
+    /// Why, when not ok.
+    pub reason: Option<String>,
+    /// Tokens used (prompt + completion).
+    pub tokens: Option<u64>,
+    /// Attempts made.
+    pub attempts: usize,
+    /// Latency.
+    pub latency_ms: u64,
+}
+
+/// The engine: catalog, ledger, decision log, and the failover loop.
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    resolved: tokio::sync::OnceCell<Arc<Catalog>>,
+    state_dir: PathBuf,
+    ledger: OnceLock<Result<Ledger, String>>,
+    log: OnceLock<Result<decisions::Log, String>>,
+    rotation: AtomicU64,
+    session: Option<String>,
+    budget_env: Option<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("state_dir", &self.state_dir).finish()
+    }
+}
+
+impl Engine {
+    /// An engine over a loaded catalog and a state dir. Nothing is opened yet.
+    pub fn new(catalog: Catalog, state_dir: PathBuf) -> Engine {
+        Engine {
+            catalog: Arc::new(catalog),
+            resolved: tokio::sync::OnceCell::new(),
+            state_dir,
+            ledger: OnceLock::new(),
+            log: OnceLock::new(),
+            rotation: AtomicU64::new(std::process::id() as u64),
+            session: std::env::var(crate::config::env::SESSION_ID).ok().filter(|s| !s.is_empty()),
+            budget_env: std::env::var(crate::config::env::BUDGET_MODE).ok(),
+        }
+    }
+
+    /// The catalog as loaded (command keys possibly unresolved).
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The state dir.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
+    /// The catalog with key commands run (once per launch, off the async threads).
+    pub async fn resolved_catalog(&self) -> Arc<Catalog> {
+        self.resolved
+            .get_or_init(|| async {
+                let base = self.catalog.clone();
+                if !base.providers.iter().any(|p| p.keys.iter().any(|k| matches!(k.source, crate::config::KeySource::Command(_)))) {
+                    return base;
+                }
+                let resolved = tokio::task::spawn_blocking(move || {
+                    let mut cat = (*base).clone();
+                    for p in &mut cat.providers {
+                        for k in &mut p.keys {
+                            k.resolve();
+                            if let Some(problem) = &k.problem {
+                                tracing::warn!(provider = %p.id, "{problem}");
+                            }
+                        }
+                    }
+                    Arc::new(cat)
+                })
+                .await;
+                resolved.unwrap_or_else(|_| self.catalog.clone())
+            })
+            .await
+            .clone()
+    }
+
+    /// The ledger, opened on first use.
+    pub fn ledger(&self) -> Result<&Ledger, Error> {
+        self.ledger
+            .get_or_init(|| Ledger::open(&self.state_dir).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::State(e.clone()))
+    }
+
+    /// The decision log, opened on first use.
+    pub fn log(&self) -> Result<&decisions::Log, Error> {
+        self.log
+            .get_or_init(|| decisions::Log::open(&self.state_dir, self.session.clone()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::State(e.clone()))
+    }
+
+    /// Claude's budget, assessed now.
+    pub fn budget(&self) -> Assessment {
+        let pinned = budget::pinned_mode(self.budget_env.as_deref(), self.catalog.settings.budget_mode.as_deref());
+        let snap = budget::load(&self.state_dir);
+        let mut a = budget::assess(snap.as_ref(), pinned.clone().unwrap_or(None), now_ms() / 1000);
+        if let Err(problem) = pinned {
+            a.advice = format!("{problem}; ignoring it. {}", a.advice);
+        }
+        a
+    }
+
+    /// Providers worth reading usage for: those that could serve at all.
+    fn usable_providers(catalog: &Catalog) -> Vec<&Provider> {
+        catalog.providers.iter().filter(|p| router::is_usable(p)).collect()
+    }
+
+    /// A usage snapshot over the usable providers.
+    pub async fn snapshot(&self, catalog: &Catalog) -> Result<ledger::UsageSnapshot, Error> {
+        let ledger = self.ledger()?.clone();
+        let providers: Vec<Provider> = Self::usable_providers(catalog).into_iter().cloned().collect();
+        let now = now_ms();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&Provider> = providers.iter().collect();
+            ledger.snapshot(&refs, now)
+        })
+        .await
+        .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
+        .map_err(|e| Error::State(format!("{e:#}")))
+    }
+
+    /// Scans every outgoing text; returns the findings with the field they were in.
+    pub fn scan(fields: &[(&str, &str)]) -> Vec<(String, Finding)> {
+        fields.iter().flat_map(|(name, text)| gate::scan(text).into_iter().map(move |f| (name.to_string(), f))).collect()
+    }
+
+    /// Runs one completion through the pool.
+    pub async fn delegate(&self, req: DelegateRequest) -> Result<Served, Error> {
+        let findings = Self::scan(&[("prompt", &req.prompt), ("system", req.system.as_deref().unwrap_or(""))]);
+        if !findings.is_empty() {
+            let kinds: Vec<&str> = findings.iter().map(|(_, f)| f.rule).collect();
+            self.record_refusal(req.log.as_ref(), &kinds, "delegate");
+            return Err(Error::Refused { findings });
+        }
+        let result = self.run(&req).await;
+        if let Some(fields) = req.log.as_ref().filter(|l| l.gist.is_some() || l.score.is_some()) {
+            let (model, outcome) = match &result {
+                Ok(s) => (Some(s.model.clone()), None),
+                Err(_) => (None, Some("failed".to_owned())),
+            };
+            let id = self.record_pool_decision(fields, model, outcome, "delegate");
+            return result.map(|mut s| {
+                s.decision_id = id;
+                s
+            });
+        }
+        result
+    }
+
+    fn record_refusal(&self, fields: Option<&LogFields>, kinds: &[&str], via: &str) {
+        let mut kinds = kinds.to_vec();
+        kinds.dedup();
+        let gist = fields
+            .and_then(|f| f.gist.clone())
+            .filter(|g| gate::scan(g).is_empty())
+            .unwrap_or_else(|| format!("refused by the credential gate ({})", kinds.join(", ")));
+        let d = Decision {
+            gist,
+            route: "claude".into(),
+            score: fields.and_then(|f| f.score),
+            task_type: fields.and_then(|f| f.task_type.clone()),
+            gate: Some("sensitivity".into()),
+            outcome: Some("refused".into()),
+            via: via.into(),
+            budget_mode: Some(self.budget().mode.as_str().into()),
+            ..Default::default()
+        };
+        if let Err(e) = self.log().and_then(|l| l.record(&d, now_ms()).map_err(|e| Error::State(e.to_string()))) {
+            tracing::warn!("could not log a refusal: {e}");
+        }
+    }
+
+    fn record_pool_decision(&self, f: &LogFields, model: Option<String>, outcome: Option<String>, via: &str) -> Option<i64> {
+        let gist = f.gist.clone().unwrap_or_default();
+        let gist = if gate::scan(&gist).is_empty() { gist } else { "[gist withheld: it carried a secret]".into() };
+        let d = Decision {
+            gist,
+            route: "pool".into(),
+            score: f.score,
+            task_type: f.task_type.clone(),
+            gate: None,
+            model,
+            outcome,
+            via: via.into(),
+            budget_mode: Some(self.budget().mode.as_str().into()),
+        };
+        match self.log().and_then(|l| l.record(&d, now_ms()).map_err(|e| Error::State(e.to_string()))) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!("could not log a decision: {e}");
+                None
+            }
+        }
+    }
+
+    /// The failover loop (after the gate).
+    async fn run(&self, req: &DelegateRequest) -> Result<Served, Error> {
+        if req.prompt.trim().is_empty() {
+            return Err(Error::Invalid("the prompt is empty".into()));
+        }
+        if let Some(t) = req.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(Error::Invalid(format!("temperature {t} is outside 0..2")));
+        }
+        let catalog = self.resolved_catalog().await;
+        let selector = router::parse_selector(&catalog, req.model.as_deref())?;
+        let settings = &catalog.settings;
+        let ledger = self.ledger()?.clone();
+        let started = Instant::now();
+        let deadline = started + settings.call_timeout;
+        let rreq = router::Request {
+            selector: selector.clone(),
+            prompt_chars: req.prompt.chars().count() + req.system.as_deref().map_or(0, |s| s.chars().count()),
+            max_tokens: req.max_tokens,
+            output_reserve: settings.output_reserve,
+        };
+        let chat = ChatRequest { system: req.system.clone(), prompt: req.prompt.clone(), max_tokens: req.max_tokens, temperature: req.temperature };
+        let mut excluded: Vec<Exclusion> = Vec::new();
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut idle_rounds = 0u32;
+        loop {
+            if attempts.len() as u32 >= settings.max_attempts {
+                return Err(Error::Exhausted { attempts, timed_out: false });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Exhausted { attempts, timed_out: true });
+            }
+            let snap = self.snapshot(&catalog).await?;
+            let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+            let plan = router::plan(&catalog, &rreq, &snap, &excluded, rotation);
+            let mut leased = None;
+            for cand in &plan.candidates {
+                let (l, p, m, fp, tokens) = (ledger.clone(), cand.provider.clone(), cand.model.clone(), cand.key_fp.clone(), cand.lease_tokens);
+                let got = tokio::task::spawn_blocking(move || l.lease(&p, &m, &fp, tokens, now_ms()))
+                    .await
+                    .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
+                    .map_err(|e| Error::State(format!("{e:#}")))?;
+                if let Ok(lease) = got {
+                    leased = Some((cand.clone(), lease));
+                    break;
+                }
+            }
+            let Some((cand, lease)) = leased else {
+                // Nothing free now. Wait if capacity returns soon enough, else explain.
+                let now = now_ms();
+                let wake = if !plan.candidates.is_empty() || plan.has_busy() {
+                    Some(now + 200) // lost a race or waiting on requests in flight
+                } else {
+                    plan.soonest_free()
+                };
+                let limit = Instant::now() + settings.max_wait.min(deadline.saturating_duration_since(Instant::now()));
+                let wait = wake.map(|t| Duration::from_millis((t - now).max(50) as u64));
+                match wait {
+                    Some(w) if Instant::now() + w <= limit && idle_rounds < 400 => {
+                        idle_rounds += 1;
+                        tokio::time::sleep(w.min(Duration::from_secs(5))).await;
+                        continue;
+                    }
+                    _ => {
+                        let soonest = plan.soonest_free();
+                        return Err(Error::NoCandidate { rejected: plan.rejected, attempts, soonest, now });
+                    }
+                }
+            };
+            let key = cand.key_index.and_then(|i| cand.provider.keys[i].key.as_ref());
+            let attempt_timeout = cand.provider.timeout.min(deadline.saturating_duration_since(Instant::now()));
+            let target = Target {
+                base_url: &cand.provider.base_url,
+                model: &cand.model.id,
+                key,
+                headers: &cand.provider.headers,
+                first_byte_timeout: cand.provider.first_byte_timeout.min(attempt_timeout),
+                attempt_timeout,
+            };
+            let t0 = Instant::now();
+            tracing::debug!(model = %cand.id(), key = %cand.key_fp, "attempt");
+            let outcome = upstream::call(&target, &chat).await;
+            let ms = t0.elapsed().as_millis() as u64;
+            let now = now_ms();
+            match outcome {
+                Ok(done) => {
+                    let (prompt_tokens, completion_tokens, estimated) = match done.usage {
+                        Some(u) if u.prompt + u.completion > 0 => (u.prompt, u.completion, false),
+                        _ => (cand.prompt_tokens, (done.text.chars().count() as u64).div_ceil(3), true),
+                    };
+                    let rec = AttemptRecord {
+                        reached: true,
+                        tokens: prompt_tokens + completion_tokens,
+                        outcome: "ok".into(),
+                        calibration: (!estimated).then_some((rreq.prompt_chars, prompt_tokens)),
+                        bench: done.rate.exhausted_for().map(|d| {
+                            // The answer says a window is now empty: trust it.
+                            let f: BenchFn = Arc::new(move |_| Some((d, true)));
+                            (BenchScope::key(&cand.provider.id, &cand.key_fp), "provider window used up".to_owned(), f)
+                        }),
+                        learned: None,
+                    };
+                    commit(&ledger, lease, rec, now).await;
+                    attempts.push(Attempt { model: cand.id(), outcome: "ok".into(), ms });
+                    let mut text = done.text;
+                    if text.chars().count() > MAX_ANSWER_CHARS {
+                        let total = text.chars().count();
+                        text = text.chars().take(MAX_ANSWER_CHARS).collect();
+                        text.push_str(&format!("\n[cut: {} more characters]", total - MAX_ANSWER_CHARS));
+                    }
+                    let reported_model = done.served_model.filter(|m| m != &cand.model.id && !m.ends_with(&cand.model.id));
+                    return Ok(Served {
+                        text,
+                        model: cand.id(),
+                        reported_model,
+                        prompt_tokens,
+                        completion_tokens,
+                        estimated,
+                        latency_ms: started.elapsed().as_millis() as u64,
+                        attempts,
+                        truncated: done.finish_reason.as_deref() == Some("length"),
+                        trains_on_prompts: cand.provider.trains_on_prompts,
+                        decision_id: None,
+                    });
+                }
+                Err(err) => {
+                    let failure = err.failure.clone();
+                    let label = failure.label();
+                    tracing::info!(model = %cand.id(), outcome = %label, ms, "attempt failed");
+                    let skip = failure.skip();
+                    let scope = match skip {
+                        Skip::Key => BenchScope::key(&cand.provider.id, &cand.key_fp),
+                        Skip::ModelForKey => BenchScope::model_key(&cand.provider.id, &cand.model.id, &cand.key_fp),
+                        Skip::Model => BenchScope::model(&cand.provider.id, &cand.model.id),
+                        Skip::Provider => BenchScope::provider(&cand.provider.id),
+                    };
+                    let reached = !matches!(failure, Failure::Transport);
+                    let tokens = match failure {
+                        Failure::FirstByteTimeout | Failure::Stalled | Failure::BadBody | Failure::Empty => cand.prompt_tokens,
+                        _ => 0,
+                    };
+                    let learned = match &failure {
+                        Failure::RateLimited { learned, .. } => *learned,
+                        _ => None,
+                    };
+                    let f2 = failure.clone();
+                    let bench: BenchFn = Arc::new(move |strikes| f2.bench(strikes).map(|(d, src)| (d, src == BenchSource::Stated)));
+                    let rec = AttemptRecord { reached, tokens, outcome: label.clone(), calibration: None, bench: Some((scope, label.clone(), bench)), learned };
+                    commit(&ledger, lease, rec, now).await;
+                    let detail = if err.detail.is_empty() { String::new() } else { format!(": {}", err.detail) };
+                    let wait = match &failure {
+                        Failure::RateLimited { retry_after: Some(d), .. } => format!(" (retry in {}s)", d.as_secs_f64().ceil() as u64),
+                        _ => String::new(),
+                    };
+                    attempts.push(Attempt { model: cand.id(), outcome: format!("{label}{wait}{detail}"), ms });
+                    excluded.push(Exclusion {
+                        skip,
+                        provider: cand.provider.id.clone(),
+                        model: cand.model.id.clone(),
+                        key_fp: cand.key_fp.clone(),
+                        reason: label,
+                    });
+                    if matches!(selector, Selector::Exact { .. }) && matches!(failure, Failure::ContextTooLong) {
+                        return Err(Error::Exhausted { attempts, timed_out: false });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs many tasks with bounded concurrency. Results come back in input
+    /// order; `progress(done, total, message)` is called as each finishes.
+    pub async fn fanout(&self, tasks: Vec<Task>, concurrency: usize, progress: impl Fn(usize, usize, String)) -> Vec<TaskResult> {
+        let total = tasks.len();
+        let per_task_cap = (MAX_FANOUT_CHARS / total.max(1)).clamp(500, self.catalog.settings.fanout_max_chars_per_task);
+        let mut results: Vec<Option<TaskResult>> = vec![None; total];
+        let mut stream = futures::stream::iter(tasks.into_iter().enumerate())
+            .map(|(i, task)| async move {
+                let started = Instant::now();
+                let out = self.fanout_one(task, per_task_cap, started).await;
+                (i, out)
+            })
+            .buffer_unordered(concurrency.max(1));
+        let mut done = 0;
+        while let Some((i, r)) = stream.next().await {
+            done += 1;
+            let msg = match r.status {
+                "ok" => format!("task {} done on {}", r.id, r.model.as_deref().unwrap_or("?")),
+                s => format!("task {} {s}", r.id),
+            };
+            progress(done, total, msg);
+            results[i] = Some(r);
+        }
+        results.into_iter().map(|r| r.expect("every task yields a result")).collect()
+    }
+
+    async fn fanout_one(&self, task: Task, cap: usize, started: Instant) -> TaskResult {
+        let id = task.id.clone();
+        let mut req = task.request;
+        if let Some(l) = req.log.as_mut() {
+            l.gist.get_or_insert_with(|| format!("fanout task {id}"));
+        }
+        let log = req.log.clone();
+        let findings = Self::scan(&[("prompt", &req.prompt), ("system", req.system.as_deref().unwrap_or(""))]);
+        if !findings.is_empty() {
+            let kinds: Vec<&str> = findings.iter().map(|(_, f)| f.rule).collect();
+            self.record_refusal(log.as_ref(), &kinds, "fanout");
+            let err = Error::Refused { findings };
+            return TaskResult { id, status: "refused", text: None, model: None, reason: Some(err.to_string()), tokens: None, attempts: 0, latency_ms: 0 };
+        }
+        let result = self.run(&req).await;
+        if let Some(f) = log.as_ref().filter(|l| l.score.is_some()) {
+            let (model, outcome) = match &result {
+                Ok(s) => (Some(s.model.clone()), None),
+                Err(_) => (None, Some("failed".into())),
+            };
+            self.record_pool_decision(f, model, outcome, "fanout");
+        }
+        let latency_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(s) => {
+                let mut text = s.text;
+                if text.chars().count() > cap {
+                    let total = text.chars().count();
+                    text = text.chars().take(cap).collect();
+                    text.push_str(&format!("\n[cut: {} more characters; use delegate for long answers]", total - cap));
+                }
+                TaskResult { id, status: "ok", text: Some(text), model: Some(s.model), reason: None, tokens: Some(s.prompt_tokens + s.completion_tokens), attempts: s.attempts.len(), latency_ms }
+            }
+            Err(e) => {
+                let attempts = match &e {
+                    Error::NoCandidate { attempts, .. } | Error::Exhausted { attempts, .. } => attempts.len(),
+                    _ => 0,
+                };
+                TaskResult { id, status: "failed", text: None, model: None, reason: Some(e.to_string()), tokens: None, attempts, latency_ms }
+            }
+        }
+    }
+}
+
+async fn commit(ledger: &Ledger, lease: ledger::Lease, rec: AttemptRecord, now: Millis) {
+    let l = ledger.clone();
+    match tokio::task::spawn_blocking(move || l.commit(lease, rec, now)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("could not record an attempt in the ledger: {e:#}"),
+        Err(e) => tracing::warn!("ledger task failed: {e}"),
+    }
+}

@@ -1,0 +1,34 @@
+//! The `freepool-mcp` binary: parse the command line, send logs to stderr, run, exit.
+//!
+//! stdout belongs to JSON-RPC in server mode, so tracing writes to stderr
+//! without colour, and nothing here prints to stdout.
+
+use clap::Parser;
+use freepool_mcp::cli::{self, Cli};
+use freepool_mcp::config::env;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse();
+    let default = if cli.command.is_none() { "freepool_mcp=info,rmcp=warn" } else { "freepool_mcp=warn,rmcp=warn" };
+    let filter = EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_env_filter(filter).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    // Do not wait for blocked stdin readers or idle HTTP connections.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}

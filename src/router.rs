@@ -1,0 +1,522 @@
+//! Which (provider, model, key) should take a request, in order, and why the others cannot.
+//!
+//! Pure policy over plain data: a `Catalog`, a `UsageSnapshot` from the
+//! ledger and the exclusions of the call in progress go in; a `Plan` comes
+//! out, with every rejected candidate and its reason. No IO, no clock.
+//!
+//! Ranking is deterministic and explainable, in this order: user priority,
+//! quality tier, remaining headroom (in quarters, so near-equals tie), recent
+//! failures, then rotation, so that equal candidates share the load.
+
+use crate::config::{Auth, Catalog, Limit, Model, Provider};
+use crate::ledger::{Blocked, Headroom, Millis, UsageSnapshot};
+use crate::upstream::Skip;
+
+/// Fingerprint used for anonymous (keyless) calls.
+pub const ANON: &str = "anon";
+
+/// What the caller asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The router picks.
+    Auto,
+    /// Exactly this provider's model.
+    Exact {
+        /// Provider id.
+        provider: String,
+        /// Model id.
+        model: String,
+    },
+    /// Any provider serving this family.
+    Family(String),
+}
+
+/// A model name that matches nothing, with the closest names that do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown model `{asked}`{}", if suggestions.is_empty() { String::new() } else { format!("; did you mean {}?", suggestions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")) })]
+pub struct UnknownModel {
+    /// What was asked.
+    pub asked: String,
+    /// Up to five close matches.
+    pub suggestions: Vec<String>,
+}
+
+/// Parses `auto`, `provider/model`, a family, or a bare model id.
+pub fn parse_selector(catalog: &Catalog, asked: Option<&str>) -> Result<Selector, UnknownModel> {
+    let Some(asked) = asked.map(str::trim).filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("auto")) else {
+        return Ok(Selector::Auto);
+    };
+    if let Some((p, m)) = asked.split_once('/')
+        && catalog.provider(p).is_some_and(|prov| prov.models.iter().any(|x| x.id == m))
+    {
+        return Ok(Selector::Exact { provider: p.to_owned(), model: m.to_owned() });
+    }
+    let lower = asked.to_lowercase();
+    if catalog.models().any(|(_, m)| m.family == lower) {
+        return Ok(Selector::Family(lower));
+    }
+    // A bare model id that one provider serves.
+    let matching: Vec<_> = catalog.models().filter(|(_, m)| m.id == asked).collect();
+    if let [(p, m)] = matching[..] {
+        return Ok(Selector::Exact { provider: p.id.clone(), model: m.id.clone() });
+    }
+    if let Some((_, m)) = matching.first() {
+        return Ok(Selector::Family(m.family.clone()));
+    }
+    Err(UnknownModel { asked: asked.to_owned(), suggestions: suggestions(catalog, asked) })
+}
+
+fn suggestions(catalog: &Catalog, asked: &str) -> Vec<String> {
+    let lower = asked.to_lowercase();
+    let mut names: Vec<String> = catalog.models().map(|(p, m)| format!("{}/{}", p.id, m.id)).collect();
+    names.extend(catalog.models().map(|(_, m)| m.family.clone()));
+    names.sort();
+    names.dedup();
+    let mut scored: Vec<(f64, String)> = names
+        .into_iter()
+        .map(|n| {
+            let l = n.to_lowercase();
+            let tail = l.rsplit('/').next().unwrap_or(&l).to_owned();
+            let mut score = strsim::jaro_winkler(&lower, &l).max(strsim::jaro_winkler(&lower, &tail));
+            if l.contains(&lower) || lower.contains(&tail) {
+                score += 0.2;
+            }
+            (score, n)
+        })
+        .filter(|(s, _)| *s > 0.75)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    scored.into_iter().take(5).map(|(_, n)| n).collect()
+}
+
+/// A request, as far as routing cares.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Which models may serve it.
+    pub selector: Selector,
+    /// Characters of prompt and system prompt together.
+    pub prompt_chars: usize,
+    /// Completion cap asked for.
+    pub max_tokens: Option<u32>,
+    /// Output tokens assumed when `max_tokens` is absent.
+    pub output_reserve: u32,
+}
+
+/// Something this call already ruled out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exclusion {
+    /// What it covers.
+    pub skip: Skip,
+    /// Provider id.
+    pub provider: String,
+    /// Model id.
+    pub model: String,
+    /// Key fingerprint.
+    pub key_fp: String,
+    /// Why (a failure label).
+    pub reason: String,
+}
+
+impl Exclusion {
+    fn covers(&self, p: &str, m: &str, k: &str) -> bool {
+        self.provider == p
+            && match self.skip {
+                Skip::Provider => true,
+                Skip::Model => self.model == m,
+                Skip::Key => self.key_fp == k,
+                Skip::ModelForKey => self.model == m && self.key_fp == k,
+            }
+    }
+}
+
+/// A candidate that can take the request now.
+#[derive(Debug, Clone)]
+pub struct Candidate<'c> {
+    /// Provider.
+    pub provider: &'c Provider,
+    /// Model.
+    pub model: &'c Model,
+    /// Index into `provider.keys`, or `None` for an anonymous call.
+    pub key_index: Option<usize>,
+    /// Key fingerprint (or `anon`).
+    pub key_fp: String,
+    /// Estimated prompt tokens.
+    pub prompt_tokens: u64,
+    /// Tokens to reserve against quota (prompt + capped output).
+    pub lease_tokens: u64,
+    /// Room left.
+    pub headroom: Headroom,
+}
+
+impl Candidate<'_> {
+    /// `provider/model`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.provider.id, self.model.id)
+    }
+}
+
+/// Why a candidate cannot take the request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// Needs a key that is not set.
+    NoKey(String),
+    /// A URL placeholder is not set.
+    MissingVar(String),
+    /// The prompt and output do not fit the context window.
+    TooBig {
+        /// Tokens needed.
+        need: u64,
+        /// Context window.
+        context: u32,
+    },
+    /// The request alone exceeds a per-minute token limit.
+    OverTokenLimit {
+        /// Tokens needed.
+        need: u64,
+        /// The limit (`tpm`).
+        max: u64,
+    },
+    /// Ruled out earlier in this call.
+    Failed(String),
+    /// Benched, full or busy.
+    Blocked(Blocked),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::NoKey(v) => write!(f, "no key (set {v})"),
+            Reason::MissingVar(v) => write!(f, "{v} is not set"),
+            Reason::TooBig { need, context } => write!(f, "needs ~{need} tokens, context is {context}"),
+            Reason::OverTokenLimit { need, max } => write!(f, "needs ~{need} tokens, per-minute limit is {max}"),
+            Reason::Failed(why) => write!(f, "failed in this call: {why}"),
+            Reason::Blocked(Blocked::Benched { reason, .. }) => write!(f, "cooling down after {reason}"),
+            Reason::Blocked(Blocked::Full { limit, used, max, .. }) => write!(f, "{limit} used up ({used}/{max})"),
+            Reason::Blocked(Blocked::Busy { in_flight }) => write!(f, "busy ({in_flight} in flight, at its concurrency cap)"),
+        }
+    }
+}
+
+/// A candidate that cannot take the request, and when that may change.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// `provider/model`.
+    pub id: String,
+    /// Why not.
+    pub reason: Reason,
+    /// When it may have room again, if known.
+    pub frees_at: Option<Millis>,
+}
+
+/// The outcome of routing.
+#[derive(Debug, Clone)]
+pub struct Plan<'c> {
+    /// Candidates, best first.
+    pub candidates: Vec<Candidate<'c>>,
+    /// The others, with reasons.
+    pub rejected: Vec<Rejection>,
+}
+
+impl Plan<'_> {
+    /// The soonest time a rejected candidate frees up, if any will.
+    pub fn soonest_free(&self) -> Option<Millis> {
+        self.rejected.iter().filter_map(|r| r.frees_at).min()
+    }
+
+    /// Whether some rejected candidate is only waiting on requests in flight.
+    pub fn has_busy(&self) -> bool {
+        self.rejected.iter().any(|r| matches!(r.reason, Reason::Blocked(Blocked::Busy { .. })))
+    }
+}
+
+fn selected(sel: &Selector, p: &Provider, m: &Model) -> bool {
+    match sel {
+        Selector::Auto => true,
+        Selector::Exact { provider, model } => &p.id == provider && &m.id == model,
+        Selector::Family(f) => &m.family == f,
+    }
+}
+
+/// Key slots to try for a provider: (index, fingerprint), or one anonymous slot.
+fn key_slots(p: &Provider) -> Result<Vec<(Option<usize>, String)>, Reason> {
+    if !p.missing_vars.is_empty() {
+        return Err(Reason::MissingVar(p.missing_vars.join(", ")));
+    }
+    let keyed: Vec<_> = p
+        .keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| k.key.as_ref().map(|key| (Some(i), key.fingerprint())))
+        .collect();
+    match p.auth {
+        Auth::None => Ok(vec![(None, ANON.to_owned())]),
+        Auth::Optional if keyed.is_empty() => Ok(vec![(None, ANON.to_owned())]),
+        _ if keyed.is_empty() => {
+            let vars: Vec<String> = p
+                .keys
+                .iter()
+                .map(|k| match &k.source {
+                    crate::config::KeySource::Env(v) => v.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            Err(Reason::NoKey(if vars.is_empty() { "a key in your config".into() } else { vars.join(" or ") }))
+        }
+        _ => Ok(keyed),
+    }
+}
+
+fn tpm_of(limits: &[Limit]) -> Option<u64> {
+    limits.iter().filter(|l| l.key() == "tpm").map(|l| l.max).min()
+}
+
+/// Ranks every candidate for `req`. `rotation` varies between calls to spread load.
+pub fn plan<'c>(catalog: &'c Catalog, req: &Request, snap: &UsageSnapshot, excluded: &[Exclusion], rotation: u64) -> Plan<'c> {
+    let mut candidates = Vec::new();
+    let mut rejected = Vec::new();
+    for (p, m) in catalog.models().filter(|(p, m)| selected(&req.selector, p, m)) {
+        let id = format!("{}/{}", p.id, m.id);
+        let reject = |reason: Reason, frees_at: Option<Millis>| Rejection { id: id.clone(), reason, frees_at };
+        let slots = match key_slots(p) {
+            Ok(s) => s,
+            Err(reason) => {
+                rejected.push(reject(reason, None));
+                continue;
+            }
+        };
+        let prompt_tokens = snap.estimate_tokens(&p.id, req.prompt_chars);
+        let output = req.max_tokens.unwrap_or(req.output_reserve).min(m.max_output) as u64;
+        let need = prompt_tokens + output;
+        if need > m.context as u64 {
+            rejected.push(reject(Reason::TooBig { need, context: m.context }, None));
+            continue;
+        }
+        // Reserve at most `output_reserve` for the answer against quota: reserving
+        // a full max_tokens makes small per-minute limits look full for nothing.
+        let lease_tokens = prompt_tokens + output.min(req.output_reserve as u64);
+        let pool_tpm = p.pools.iter().filter(|pl| pl.covers(&m.id)).filter_map(|pl| tpm_of(&pl.limits)).min();
+        if let Some(max) = tpm_of(&m.limits).into_iter().chain(pool_tpm).min()
+            && lease_tokens > max
+        {
+            rejected.push(reject(Reason::OverTokenLimit { need: lease_tokens, max }, None));
+            continue;
+        }
+        let mut last_block = None;
+        let mut found = false;
+        for (key_index, key_fp) in &slots {
+            if let Some(ex) = excluded.iter().find(|e| e.covers(&p.id, &m.id, key_fp)) {
+                last_block = Some((Reason::Failed(ex.reason.clone()), None));
+                continue;
+            }
+            match snap.check(p, m, key_fp, lease_tokens) {
+                Ok(headroom) => {
+                    candidates.push(Candidate {
+                        provider: p,
+                        model: m,
+                        key_index: *key_index,
+                        key_fp: key_fp.clone(),
+                        prompt_tokens,
+                        lease_tokens,
+                        headroom,
+                    });
+                    found = true;
+                }
+                Err(b) => {
+                    let frees = b.frees_at();
+                    last_block = Some((Reason::Blocked(b), frees));
+                }
+            }
+        }
+        if !found && let Some((reason, frees)) = last_block {
+            rejected.push(reject(reason, frees));
+        }
+    }
+    rank(&mut candidates, &req.selector, snap, rotation);
+    Plan { candidates, rejected }
+}
+
+fn rank(cands: &mut [Candidate<'_>], _sel: &Selector, snap: &UsageSnapshot, rotation: u64) {
+    let n = cands.len().max(1) as u64;
+    let mut keyed: Vec<_> = cands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let priority = c.provider.priority + c.model.priority;
+            let quarter = (c.headroom.fraction * 4.0).ceil() as i64;
+            let failures = snap
+                .recent_failures
+                .get(&(c.provider.id.clone(), c.model.id.clone()))
+                .copied()
+                .unwrap_or(0);
+            let turn = (i as u64 + n - rotation % n) % n;
+            ((-(priority as i64), c.model.tier, -quarter, failures.min(3), turn), i)
+        })
+        .collect();
+    keyed.sort();
+    let order: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
+    let sorted: Vec<Candidate<'_>> = order.iter().map(|&i| cands[i].clone()).collect();
+    cands.clone_from_slice(&sorted);
+}
+
+/// The largest prompt (in tokens) auto-routing can take now, and the model behind it.
+pub fn context_ceiling(catalog: &Catalog, snap: &UsageSnapshot, output_reserve: u32) -> Option<(u64, String)> {
+    catalog
+        .models()
+        .filter(|(p, m)| {
+            key_slots(p).is_ok_and(|slots| slots.iter().any(|(_, fp)| snap.bench_of(&p.id, &m.id, fp).is_none()))
+        })
+        .map(|(p, m)| {
+            let room = (m.context as u64).saturating_sub(output_reserve.min(m.max_output) as u64);
+            (room, format!("{}/{}", p.id, m.id))
+        })
+        .max_by_key(|(room, _)| *room)
+}
+
+/// Whether a provider could be used at all (key present or keyless, vars set).
+pub fn is_usable(p: &Provider) -> bool {
+    key_slots(p).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::ledger::{BenchScope, Cooldown, Counts};
+
+    fn catalog(text: &str) -> Catalog {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = |n: &str| n.starts_with("KEY_").then(|| format!("secret-{n}"));
+        let mut cat = config::load_from(Some(&path), &env);
+        assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+        // Only the providers of the test file.
+        cat.providers.retain(|p| p.id.starts_with('t'));
+        cat
+    }
+
+    const TWO: &str = r#"
+[providers.ta]
+base_url = "https://a.example/v1"
+key_env = ["KEY_A"]
+[providers.ta.models.big]
+family = "fam"
+context = 32000
+tier = 1
+limits = { rpm = 10 }
+[providers.ta.models.small]
+context = 4096
+tier = 4
+[providers.tb]
+base_url = "https://b.example/v1"
+key_env = ["KEY_B"]
+[providers.tb.models.big2]
+family = "fam"
+context = 128000
+tier = 1
+limits = { rpm = 10, tpm = 3000 }
+[providers.tnokey]
+base_url = "https://c.example/v1"
+key_env = ["NOT_SET"]
+[providers.tnokey.models.x]
+context = 8000
+"#;
+
+    fn req(selector: Selector, chars: usize) -> Request {
+        Request { selector, prompt_chars: chars, max_tokens: None, output_reserve: 500 }
+    }
+
+    fn ids(plan: &Plan<'_>) -> Vec<String> {
+        plan.candidates.iter().map(|c| c.id()).collect()
+    }
+
+    #[test]
+    fn selectors_and_close_matches() {
+        let cat = catalog(TWO);
+        assert_eq!(parse_selector(&cat, None).unwrap(), Selector::Auto);
+        assert_eq!(parse_selector(&cat, Some("auto")).unwrap(), Selector::Auto);
+        assert_eq!(
+            parse_selector(&cat, Some("ta/small")).unwrap(),
+            Selector::Exact { provider: "ta".into(), model: "small".into() }
+        );
+        assert_eq!(parse_selector(&cat, Some("fam")).unwrap(), Selector::Family("fam".into()));
+        assert_eq!(parse_selector(&cat, Some("big2")).unwrap(), Selector::Exact { provider: "tb".into(), model: "big2".into() });
+        let err = parse_selector(&cat, Some("ta/smal")).unwrap_err();
+        assert!(err.suggestions.contains(&"ta/small".to_owned()), "{err}");
+        assert!(err.to_string().contains("did you mean"), "{err}");
+    }
+
+    #[test]
+    fn ranks_by_tier_and_explains_rejections() {
+        let cat = catalog(TWO);
+        let snap = UsageSnapshot::default();
+        let plan = plan(&cat, &req(Selector::Auto, 300), &snap, &[], 0);
+        assert_eq!(plan.candidates.last().unwrap().id(), "ta/small", "tier 4 comes last");
+        let nokey = plan.rejected.iter().find(|r| r.id == "tnokey/x").unwrap();
+        assert_eq!(nokey.reason.to_string(), "no key (set NOT_SET)");
+    }
+
+    #[test]
+    fn rotation_spreads_equal_candidates() {
+        let cat = catalog(TWO);
+        let snap = UsageSnapshot::default();
+        let r = req(Selector::Family("fam".into()), 300);
+        let first: Vec<String> = (0..4).map(|rot| ids(&plan(&cat, &r, &snap, &[], rot))[0].clone()).collect();
+        assert!(first.contains(&"ta/big".to_owned()) && first.contains(&"tb/big2".to_owned()), "{first:?}");
+    }
+
+    #[test]
+    fn capability_gate_uses_context_and_tpm() {
+        let cat = catalog(TWO);
+        let snap = UsageSnapshot::default();
+        // ~10k tokens: too big for ta/small (4096) and over tb's 3000 TPM.
+        let plan = plan(&cat, &req(Selector::Auto, 30_000), &snap, &[], 0);
+        assert_eq!(ids(&plan), vec!["ta/big"]);
+        let small = plan.rejected.iter().find(|r| r.id == "ta/small").unwrap();
+        assert!(matches!(small.reason, Reason::TooBig { context: 4096, .. }));
+        let b = plan.rejected.iter().find(|r| r.id == "tb/big2").unwrap();
+        assert!(matches!(b.reason, Reason::OverTokenLimit { max: 3000, .. }));
+    }
+
+    #[test]
+    fn full_and_benched_candidates_say_when_they_return() {
+        let cat = catalog(TWO);
+        let mut snap = UsageSnapshot { now: 1_000_000, ..Default::default() };
+        let fp_a = cat.provider("ta").unwrap().keys[0].key.as_ref().unwrap().fingerprint();
+        let fp_b = cat.provider("tb").unwrap().keys[0].key.as_ref().unwrap().fingerprint();
+        let counts = Counts { requests: [10, 10, 10, 10], oldest: [Some(990_000); 4], ..Default::default() };
+        snap.usage.insert(("ta".into(), "big".into(), fp_a), counts);
+        snap.cooldowns.push(Cooldown {
+            scope: BenchScope::key("tb", &fp_b),
+            until: 1_030_000,
+            stated: true,
+            reason: "429 rate limited".into(),
+            strikes: 1,
+        });
+        let plan = plan(&cat, &req(Selector::Family("fam".into()), 300), &snap, &[], 0);
+        assert!(plan.candidates.is_empty());
+        let a = plan.rejected.iter().find(|r| r.id == "ta/big").unwrap();
+        assert_eq!(a.frees_at, Some(1_050_000), "oldest request + 60 s");
+        assert_eq!(a.reason.to_string(), "rpm of big used up (10/10)");
+        let b = plan.rejected.iter().find(|r| r.id == "tb/big2").unwrap();
+        assert_eq!(b.frees_at, Some(1_030_000));
+        assert_eq!(plan.soonest_free(), Some(1_030_000));
+    }
+
+    #[test]
+    fn exclusions_follow_their_scope() {
+        let cat = catalog(TWO);
+        let snap = UsageSnapshot::default();
+        let ex = Exclusion { skip: Skip::Provider, provider: "ta".into(), model: "big".into(), key_fp: "x".into(), reason: "503 server error".into() };
+        let plan = plan(&cat, &req(Selector::Auto, 300), &snap, &[ex], 0);
+        assert_eq!(ids(&plan), vec!["tb/big2"]);
+        assert!(plan.rejected.iter().any(|r| r.id == "ta/small" && r.reason.to_string().contains("503")));
+    }
+
+    #[test]
+    fn ceiling_is_the_largest_usable_window() {
+        let cat = catalog(TWO);
+        let (room, id) = context_ceiling(&cat, &UsageSnapshot::default(), 500).unwrap();
+        assert_eq!((room, id.as_str()), (127_500, "tb/big2"));
+    }
+}

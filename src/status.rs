@@ -1,0 +1,403 @@
+//! What is left: the ledger's truth rendered for people (`status`, `models`) and for Claude (`list_models`, `claude_budget`).
+//!
+//! Pure rendering over a `Catalog`, a `UsageSnapshot` and a budget
+//! `Assessment`; `StatusReport` is the same data as JSON for scripts.
+
+use serde::Serialize;
+
+use crate::budget::{self, Assessment};
+use crate::config::{Catalog, KeySource, Provider, Window};
+use crate::ledger::{Blocked, Millis, UsageSnapshot, next_reset};
+use crate::router::{self, ANON};
+
+fn compact(n: u64) -> String {
+    if n >= 10_000_000 {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1_000_000 {
+        format!("{:.1}M", n as f64 / 1_000_000.0)
+    } else if n >= 10_000 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn key_fps(p: &Provider) -> Vec<String> {
+    let fps: Vec<String> = p.usable_keys().map(|k| k.fingerprint()).collect();
+    if fps.is_empty() && p.is_keyless() { vec![ANON.to_owned()] } else { fps }
+}
+
+fn until(t: Millis, now: Millis) -> String {
+    format!("{} ({})", budget::iso(t / 1000), budget::relative((t - now) / 1000))
+}
+
+/// The `list_models` text: usable models, compact, one line each.
+pub fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
+    let mut lines = Vec::new();
+    let mut providers = 0;
+    let mut unusable: Vec<String> = Vec::new();
+    let mut benched: Vec<String> = Vec::new();
+    for p in &catalog.providers {
+        if !router::is_usable(p) {
+            let why = if !p.missing_vars.is_empty() {
+                format!("set {}", p.missing_vars.join(", "))
+            } else {
+                let vars: Vec<String> = p.keys.iter().map(|k| k.source.to_string()).collect();
+                format!("no key ({})", vars.join(" or "))
+            };
+            unusable.push(format!("{} {why}", p.id));
+            continue;
+        }
+        let mut any = false;
+        for m in &p.models {
+            let mut best: Option<crate::ledger::Headroom> = None;
+            let mut block = None;
+            for fp in key_fps(p) {
+                match snap.check(p, m, &fp, 1) {
+                    Ok(h) => {
+                        best = Some(match best {
+                            Some(b) if b.fraction >= h.fraction => b,
+                            _ => h,
+                        })
+                    }
+                    Err(b) => block = Some(b),
+                }
+            }
+            let Some(h) = best else {
+                if let Some(b) = block {
+                    let back = b.frees_at().map(|t| format!(" until {}", until(t, snap.now))).unwrap_or_default();
+                    let why = match &b {
+                        Blocked::Benched { reason, .. } => reason.clone(),
+                        Blocked::Full { limit, .. } => format!("{limit} used up"),
+                        Blocked::Busy { .. } => "busy".into(),
+                    };
+                    benched.push(format!("{}/{} ({why}{back})", p.id, m.id));
+                }
+                continue;
+            };
+            any = true;
+            let left = match (h.requests_left_today, h.tokens_left_today) {
+                (Some(r), Some(t)) => format!("{} req, {} tok left today", compact(r), compact(t)),
+                (Some(r), None) => format!("{} req left today", compact(r)),
+                (None, Some(t)) => format!("{} tok left today", compact(t)),
+                (None, None) => "no published daily cap".into(),
+            };
+            let mut notes = Vec::new();
+            if p.is_keyless() && p.usable_keys().next().is_none() {
+                notes.push("keyless, anonymous");
+            }
+            if p.trains_on_prompts == Some(true) {
+                notes.push("may train on prompts");
+            }
+            if m.vision {
+                notes.push("vision");
+            }
+            let family = if m.family != m.id.to_lowercase() { format!(" [{}]", m.family) } else { String::new() };
+            let notes = if notes.is_empty() { String::new() } else { format!(" · {}", notes.join(", ")) };
+            lines.push(format!("{}/{}{family} · ctx {} · tier {} · {left}{notes}", p.id, m.id, compact(m.context as u64), m.tier));
+        }
+        if any {
+            providers += 1;
+        }
+    }
+    let ceiling = router::context_ceiling(catalog, snap, catalog.settings.output_reserve);
+    let mut out = format!("{} models usable now on {providers} providers.", lines.len());
+    match ceiling {
+        Some((tokens, id)) => out.push_str(&format!(" Auto context ceiling: {} tokens (~{} characters), on {id}.", compact(tokens), compact(tokens * 3))),
+        None => out.push_str(" Nothing can be delegated until a provider key is set."),
+    }
+    out.push_str(" Tier 1 is the strongest, 4 the smallest. Pass an id or a [family] as delegate's model, or omit it.\n");
+    for l in lines {
+        out.push('\n');
+        out.push_str(&l);
+    }
+    if !benched.is_empty() {
+        out.push_str(&format!("\n\nnot available now: {}", benched.join("; ")));
+    }
+    if !unusable.is_empty() {
+        out.push_str(&format!("\n\nnot configured: {}", unusable.join("; ")));
+    }
+    out
+}
+
+/// The `claude_budget` text.
+pub fn budget_text(b: &Assessment, now: i64) -> String {
+    let mut out = format!(
+        "mode: {} · delegation threshold {} (tasks scoring {}+ stay on Claude)",
+        b.mode.as_str(),
+        b.threshold,
+        b.threshold
+    );
+    for (name, w) in [("weekly", b.weekly), ("5-hour", b.five_hour)] {
+        match w {
+            Some(w) => {
+                let reset = w.resets_at.map(|r| format!(", resets {} ({})", budget::iso(r), budget::relative(r - now))).unwrap_or_default();
+                out.push_str(&format!("\n{name}: {:.0}% used{reset}", w.used_percentage));
+            }
+            None => out.push_str(&format!("\n{name}: unknown")),
+        }
+    }
+    let source = match &b.source {
+        budget::Source::Statusline { age_secs } => format!("statusline capture, {} old", budget::relative(*age_secs).trim_start_matches("in ")),
+        budget::Source::Pinned { by } => format!("pinned by {by} (captured figures, if any, are shown but do not decide the mode)"),
+        budget::Source::None => "none (no statusline capture yet; run `freepool-mcp init` to wire it, or pin a mode for headless runs)".into(),
+    };
+    out.push_str(&format!("\nsource: {source}\nadvice: {}", b.advice));
+    out
+}
+
+/// One limit's use, for `status`.
+#[derive(Debug, Serialize)]
+pub struct LimitUse {
+    /// `rpd`, `tpm`, ...
+    pub limit: &'static str,
+    /// Used in the current window (leases included).
+    pub used: u64,
+    /// The limit.
+    pub max: u64,
+    /// Next fixed reset, ISO; `null` for rolling windows.
+    pub resets_at: Option<String>,
+}
+
+/// A model's or pool's use.
+#[derive(Debug, Serialize)]
+pub struct ScopeUse {
+    /// `provider/model` or `provider pool NAME`.
+    pub scope: String,
+    /// Key fingerprint (or `anon`, or `shared` when keys share quota).
+    pub key: String,
+    /// Each limit.
+    pub limits: Vec<LimitUse>,
+}
+
+/// A bench in force, for `status`.
+#[derive(Debug, Serialize)]
+pub struct BenchView {
+    /// What it covers.
+    pub scope: String,
+    /// Why.
+    pub reason: String,
+    /// Stated by the provider, or our guess.
+    pub source: &'static str,
+    /// Until when, ISO.
+    pub until: String,
+}
+
+/// Everything `freepool-mcp status` shows.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// The ledger file.
+    pub ledger: String,
+    /// Keys by provider: (provider, fingerprints, where from).
+    pub keys: Vec<(String, Vec<String>)>,
+    /// Use per scope, only scopes with a limit and some use.
+    pub usage: Vec<ScopeUse>,
+    /// Benches in force.
+    pub cooldowns: Vec<BenchView>,
+    /// Requests in flight across all processes.
+    pub in_flight: u64,
+    /// The soonest fixed reset among used limits, ISO.
+    pub soonest_reset: Option<String>,
+}
+
+/// Builds the status report from a snapshot.
+pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> StatusReport {
+    let now = snap.now;
+    let mut usage = Vec::new();
+    let mut soonest: Option<Millis> = None;
+    let mut keys = Vec::new();
+    for p in catalog.providers.iter().filter(|p| router::is_usable(p)) {
+        let fps = key_fps(p);
+        let sources: Vec<String> = p
+            .keys
+            .iter()
+            .filter_map(|k| k.key.as_ref().map(|key| format!("{} from {}", key.fingerprint(), describe(&k.source))))
+            .collect();
+        keys.push((p.id.clone(), if sources.is_empty() { vec![ANON.to_owned()] } else { sources }));
+        let key_groups: Vec<String> = if p.keys_stack { fps.clone() } else { vec![fps.first().cloned().unwrap_or_default()] };
+        for fp in &key_groups {
+            let shown = if p.keys_stack || fp == ANON { fp.clone() } else { "shared".to_owned() };
+            let mut scopes: Vec<(String, &[crate::config::Limit], crate::ledger::Counts)> = Vec::new();
+            for m in &p.models {
+                let c = sum(snap, p, |model| model == m.id, fp);
+                scopes.push((format!("{}/{}", p.id, m.id), &m.limits, c));
+            }
+            for pool in &p.pools {
+                let c = sum(snap, p, |model| pool.covers(model), fp);
+                scopes.push((format!("{} pool {}", p.id, pool.id), &pool.limits, c));
+            }
+            for (scope, limits, c) in scopes {
+                if c.requests[3] == 0 && c.requests[2] == 0 && c.in_flight == 0 {
+                    continue;
+                }
+                let mut lu = Vec::new();
+                for l in limits {
+                    let i = match l.window {
+                        Window::Minute => 0,
+                        Window::Hour => 1,
+                        Window::Day => 2,
+                        Window::Month => 3,
+                    };
+                    let used = match l.axis {
+                        crate::config::Axis::Requests => c.requests[i],
+                        crate::config::Axis::Tokens => c.tokens[i],
+                    };
+                    let reset = next_reset(l.window, l.reset, now);
+                    if let Some(r) = reset {
+                        soonest = Some(soonest.map_or(r, |s| s.min(r)));
+                    }
+                    lu.push(LimitUse { limit: l.key(), used, max: l.max, resets_at: reset.map(|r| budget::iso(r / 1000)) });
+                }
+                if lu.is_empty() {
+                    lu.push(LimitUse { limit: "requests today", used: c.requests[2], max: 0, resets_at: None });
+                }
+                usage.push(ScopeUse { scope, key: shown.clone(), limits: lu });
+            }
+        }
+    }
+    let cooldowns = snap
+        .cooldowns
+        .iter()
+        .filter(|c| c.until > now)
+        .map(|c| BenchView {
+            scope: format!(
+                "{}{}{}",
+                c.scope.provider,
+                if c.scope.model == "*" { String::new() } else { format!("/{}", c.scope.model) },
+                if c.scope.key_fp == "*" { String::new() } else { format!(" key {}", c.scope.key_fp) }
+            ),
+            reason: c.reason.clone(),
+            source: if c.stated { "stated by provider" } else { "guessed back-off" },
+            until: until(c.until, now),
+        })
+        .collect();
+    let in_flight = snap.usage.values().map(|c| c.in_flight).sum();
+    StatusReport { ledger: ledger_path.to_owned(), keys, usage, cooldowns, in_flight, soonest_reset: soonest.map(|s| until(s, now)) }
+}
+
+fn describe(s: &KeySource) -> String {
+    s.to_string()
+}
+
+fn sum(snap: &UsageSnapshot, p: &Provider, pick: impl Fn(&str) -> bool, fp: &str) -> crate::ledger::Counts {
+    let mut total = crate::ledger::Counts::default();
+    for ((prov, model, key), c) in &snap.usage {
+        if prov == &p.id && pick(model) && (!p.keys_stack || key == fp) {
+            for i in 0..4 {
+                total.requests[i] += c.requests[i];
+                total.tokens[i] += c.tokens[i];
+            }
+            total.in_flight += c.in_flight;
+        }
+    }
+    total
+}
+
+/// The status report as a table.
+pub fn report_text(r: &StatusReport) -> String {
+    let mut out = format!("ledger: {}\n", r.ledger);
+    out.push_str("\nkeys:\n");
+    if r.keys.is_empty() {
+        out.push_str("  none usable (see `freepool-mcp models`)\n");
+    }
+    for (p, k) in &r.keys {
+        out.push_str(&format!("  {p:<14} {}\n", k.join(", ")));
+    }
+    out.push_str("\nusage (used/limit per window; leases in flight included):\n");
+    if r.usage.is_empty() {
+        out.push_str("  nothing used in the current windows\n");
+    }
+    for u in &r.usage {
+        let limits: Vec<String> = u
+            .limits
+            .iter()
+            .map(|l| if l.max == 0 { format!("{} {}", l.used, l.limit) } else { format!("{} {}/{}", l.limit, l.used, l.max) })
+            .collect();
+        out.push_str(&format!("  {:<52} {:<14} {}\n", u.scope, u.key, limits.join("  ")));
+    }
+    out.push_str("\ncooldowns:\n");
+    if r.cooldowns.is_empty() {
+        out.push_str("  none\n");
+    }
+    for c in &r.cooldowns {
+        out.push_str(&format!("  {:<40} {} ({}) until {}\n", c.scope, c.reason, c.source, c.until));
+    }
+    out.push_str(&format!("\nin flight: {}\n", r.in_flight));
+    if let Some(s) = &r.soonest_reset {
+        out.push_str(&format!("soonest reset: {s}\n"));
+    }
+    out
+}
+
+/// `freepool-mcp models`: the whole catalog with key status, no ledger needed.
+pub fn catalog_table(catalog: &Catalog) -> String {
+    let mut out = String::new();
+    for p in &catalog.providers {
+        let status = if !p.missing_vars.is_empty() {
+            format!("needs {}", p.missing_vars.join(", "))
+        } else if p.usable_keys().next().is_some() {
+            let fps: Vec<String> = p.keys.iter().filter_map(|k| k.key.as_ref().map(|key| format!("{} ({})", key.fingerprint(), k.source))).collect();
+            format!("key {}", fps.join(", "))
+        } else if p.is_keyless() {
+            "keyless, anonymous (turn off: [settings] keyless = false)".into()
+        } else if p.has_key_or_command() {
+            "key from a command (run on first use)".into()
+        } else {
+            let vars: Vec<String> = p.keys.iter().map(|k| k.source.to_string()).collect();
+            format!("no key: set {}", vars.join(" or "))
+        };
+        let training = match p.trains_on_prompts {
+            Some(true) => " · free tier may train on prompts",
+            Some(false) => "",
+            None => " · data use not stated",
+        };
+        out.push_str(&format!("{} — {} · {}{training}\n", p.id, p.name, status));
+        for pool in &p.pools {
+            let limits: Vec<String> = pool.limits.iter().map(|l| format!("{}={}", l.key(), l.max)).collect();
+            out.push_str(&format!("    pool {}: {}\n", pool.id, limits.join(" ")));
+        }
+        for m in &p.models {
+            let limits: Vec<String> = m.limits.iter().map(|l| format!("{}={}", l.key(), compact(l.max))).collect();
+            out.push_str(&format!(
+                "    {:<52} {:<26} ctx {:>6} tier {} {}\n",
+                m.id,
+                m.family,
+                compact(m.context as u64),
+                m.tier,
+                limits.join(" ")
+            ));
+        }
+    }
+    let n_models: usize = catalog.providers.iter().map(|p| p.models.len()).sum();
+    let usable = catalog.providers.iter().filter(|p| router::is_usable(p)).count();
+    out.push_str(&format!("\n{} providers, {n_models} models; {usable} providers usable now.\n", catalog.providers.len()));
+    if let Some(path) = &catalog.user_file {
+        out.push_str(&format!("user file: {}\n", path.display()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_text_is_compact_and_marks_keyless() {
+        let cat = crate::config::load_from(None, &|n| (n == "GROQ_API_KEY").then(|| "k".to_owned()));
+        let text = models_text(&cat, &UsageSnapshot::default());
+        assert!(text.contains("groq/llama-3.3-70b-versatile [llama-3.3-70b]"), "{text}");
+        assert!(text.contains("keyless, anonymous"), "{text}");
+        assert!(text.contains("not configured: cerebras no key ($CEREBRAS_API_KEY)"), "{text}");
+        assert!(text.contains("Auto context ceiling"), "{text}");
+        // One line per usable model, none very long.
+        assert!(text.lines().all(|l| l.len() < 400 || l.starts_with("not ")), "{text}");
+    }
+
+    #[test]
+    fn budget_text_says_source_and_threshold() {
+        let a = budget::assess(None, Some((budget::Mode::DelegateMore, "FREEPOOL_BUDGET_MODE".into())), 0);
+        let t = budget_text(&a, 0);
+        assert!(t.contains("mode: delegate_more · delegation threshold 9"), "{t}");
+        assert!(t.contains("pinned by FREEPOOL_BUDGET_MODE"), "{t}");
+    }
+}

@@ -1,0 +1,731 @@
+//! The HTTP edge: one OpenAI-compatible `/chat/completions` call, and what its failure means.
+//!
+//! `call` sends one request with three time budgets (first byte, stall between
+//! body chunks, whole attempt) and a bounded body size. Every way it can go
+//! wrong becomes a `Failure`, a typed classification that `dispatch` turns
+//! into "skip what for this request" and "bench it for how long" without ever
+//! looking at HTTP again.
+//!
+//! Invariant: only this module knows reqwest. Keys reach the wire here and
+//! nowhere else; error text kept from a response is cut short and scrubbed of
+//! anything key-shaped before it leaves.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use regex::Regex;
+use reqwest::header::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ApiKey;
+
+/// The largest response body read; beyond it the answer is refused.
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Longest wait between two body chunks before the answer counts as stalled.
+const STALL: Duration = Duration::from_secs(45);
+
+/// A chat completion request, as this program sends it.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// Optional system prompt.
+    pub system: Option<String>,
+    /// The user prompt.
+    pub prompt: String,
+    /// Completion token cap.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+}
+
+/// Where and how to send it.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    /// Base URL, without `/chat/completions`.
+    pub base_url: &'a str,
+    /// Model id as the provider spells it.
+    pub model: &'a str,
+    /// The key, or none for anonymous providers.
+    pub key: Option<&'a ApiKey>,
+    /// Extra headers.
+    pub headers: &'a [(String, String)],
+    /// Time allowed until response headers.
+    pub first_byte_timeout: Duration,
+    /// Time allowed for the whole attempt.
+    pub attempt_timeout: Duration,
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    stream: bool,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    usage: Option<WireUsage>,
+    model: Option<String>,
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    message: Option<WireMessageOut>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessageOut {
+    content: Option<String>,
+    // Some providers (Ollama, DeepSeek-style models) put the answer's thinking here.
+    reasoning: Option<String>,
+    reasoning_content: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+/// Token counts reported by the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt: u64,
+    /// Completion tokens.
+    pub completion: u64,
+}
+
+/// A successful completion.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The answer text.
+    pub text: String,
+    /// Usage, when the provider reported it.
+    pub usage: Option<Usage>,
+    /// The model the provider says it served (may differ from the one asked).
+    pub served_model: Option<String>,
+    /// Why generation stopped (`stop`, `length`, ...).
+    pub finish_reason: Option<String>,
+    /// Rate-limit state read from the headers.
+    pub rate: RateHeaders,
+}
+
+/// What `x-ratelimit-*` headers said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateHeaders {
+    /// Requests left in the provider's window, and when it resets.
+    pub requests: Option<(u64, Option<Duration>)>,
+    /// Tokens left in the provider's window, and when it resets.
+    pub tokens: Option<(u64, Option<Duration>)>,
+}
+
+impl RateHeaders {
+    /// If a window is exhausted (remaining 0) with a stated reset, the wait.
+    pub fn exhausted_for(&self) -> Option<Duration> {
+        [self.requests, self.tokens]
+            .into_iter()
+            .flatten()
+            .filter(|(left, _)| *left == 0)
+            .filter_map(|(_, reset)| reset)
+            .max()
+    }
+}
+
+/// How an attempt failed. Each variant knows its scope and bench.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// 429 or an equivalent: slow down.
+    RateLimited {
+        /// Provider-stated wait (Retry-After, a reset header, a body hint).
+        retry_after: Option<Duration>,
+        /// The message speaks of a daily or free allocation.
+        daily: bool,
+        /// A limit the message states unambiguously: (limit key like "tpm", value).
+        learned: Option<(&'static str, u64)>,
+    },
+    /// 401, or a 400 that says the key is invalid.
+    Unauthorized,
+    /// 402: out of credit.
+    PaymentRequired,
+    /// 403: this key may not use this model (tier, region).
+    Forbidden,
+    /// 404 / 410 / "no endpoints": the model is not served.
+    ModelGone,
+    /// 413 or a context-length message: the prompt is too big for this model.
+    ContextTooLong,
+    /// Another 4xx: the request is not acceptable to this model.
+    Rejected(u16),
+    /// 5xx.
+    Server(u16),
+    /// No response headers in time.
+    FirstByteTimeout,
+    /// The body stopped arriving, or the attempt ran out of time.
+    Stalled,
+    /// Could not connect or the connection broke.
+    Transport,
+    /// A 200 whose body is not a completion (HTML, cut-off JSON, an error object).
+    BadBody,
+    /// A completion with no text, or degenerate text.
+    Empty,
+}
+
+/// What a failure rules out for the rest of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// This key of the provider.
+    Key,
+    /// This model for this key.
+    ModelForKey,
+    /// This model, whatever the key.
+    Model,
+    /// The whole provider.
+    Provider,
+}
+
+/// Where a bench's length came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchSource {
+    /// The provider said so (Retry-After, reset header, a stated reset): trusted.
+    Stated,
+    /// Our own back-off: a success may end it early.
+    Guessed,
+}
+
+impl Failure {
+    /// What to leave out for the rest of this call.
+    pub fn skip(&self) -> Skip {
+        match self {
+            Failure::RateLimited { .. } | Failure::Unauthorized | Failure::PaymentRequired => Skip::Key,
+            Failure::Forbidden => Skip::ModelForKey,
+            Failure::ModelGone | Failure::ContextTooLong | Failure::Rejected(_) | Failure::BadBody | Failure::Empty => {
+                Skip::Model
+            }
+            Failure::Server(_) | Failure::FirstByteTimeout | Failure::Stalled | Failure::Transport => Skip::Provider,
+        }
+    }
+
+    /// How long to keep it out of later calls too, and on whose word.
+    /// `strikes` counts recent consecutive failures of the same kind.
+    pub fn bench(&self, strikes: u32) -> Option<(Duration, BenchSource)> {
+        let mins = |m: u64| Duration::from_secs(m * 60);
+        match self {
+            Failure::RateLimited { retry_after: Some(d), .. } => Some((*d.max(&Duration::from_secs(1)), BenchSource::Stated)),
+            Failure::RateLimited { daily: true, .. } => Some((mins(60), BenchSource::Guessed)),
+            Failure::RateLimited { .. } => {
+                // 90 s, doubling on repeats, capped at 10 minutes.
+                let secs = 90u64.saturating_mul(1 << strikes.min(3)).min(600);
+                Some((Duration::from_secs(secs), BenchSource::Guessed))
+            }
+            Failure::Unauthorized => Some((mins(10), BenchSource::Guessed)),
+            Failure::PaymentRequired => Some((mins(24 * 60), BenchSource::Guessed)),
+            Failure::Forbidden => Some((mins(24 * 60), BenchSource::Guessed)),
+            Failure::ModelGone => Some((mins(60 * (1 << strikes.min(4))), BenchSource::Guessed)),
+            Failure::Server(_) | Failure::FirstByteTimeout | Failure::Stalled | Failure::Transport => {
+                Some((Duration::from_secs(20u64 << strikes.min(4)), BenchSource::Guessed))
+            }
+            Failure::Empty | Failure::BadBody if strikes >= 2 => Some((mins(5), BenchSource::Guessed)),
+            Failure::ContextTooLong | Failure::Rejected(_) | Failure::Empty | Failure::BadBody => None,
+        }
+    }
+
+    /// A short label for logs and the ledger.
+    pub fn label(&self) -> String {
+        match self {
+            Failure::RateLimited { daily: true, .. } => "429 daily quota".into(),
+            Failure::RateLimited { .. } => "429 rate limited".into(),
+            Failure::Unauthorized => "401 key rejected".into(),
+            Failure::PaymentRequired => "402 out of credit".into(),
+            Failure::Forbidden => "403 not allowed for this key".into(),
+            Failure::ModelGone => "model not served (404)".into(),
+            Failure::ContextTooLong => "prompt too long for the model".into(),
+            Failure::Rejected(s) => format!("{s} request rejected"),
+            Failure::Server(s) => format!("{s} server error"),
+            Failure::FirstByteTimeout => "timeout waiting for the answer".into(),
+            Failure::Stalled => "answer stalled".into(),
+            Failure::Transport => "connection failed".into(),
+            Failure::BadBody => "unreadable answer".into(),
+            Failure::Empty => "empty answer".into(),
+        }
+    }
+}
+
+/// A failed attempt: the class and a short, scrubbed detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptError {
+    /// The classification.
+    pub failure: Failure,
+    /// At most ~160 characters of provider text, keys scrubbed.
+    pub detail: String,
+    /// Rate-limit headers seen on the failed answer.
+    pub rate: RateHeaders,
+}
+
+/// The process-wide HTTP client (rustls with ring, no OpenSSL).
+pub fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .user_agent(concat!("freepool-mcp/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("the HTTP client builds with static settings")
+    })
+}
+
+/// Sends one chat completion and classifies the outcome.
+pub async fn call(target: &Target<'_>, req: &ChatRequest) -> Result<Completion, AttemptError> {
+    let started = Instant::now();
+    let mut messages = Vec::with_capacity(2);
+    if let Some(system) = &req.system {
+        messages.push(WireMessage { role: "system", content: system });
+    }
+    messages.push(WireMessage { role: "user", content: &req.prompt });
+    let body = WireRequest {
+        model: target.model,
+        messages,
+        max_tokens: req.max_tokens,
+        temperature: req.temperature,
+        stream: false,
+    };
+    let url = format!("{}/chat/completions", target.base_url.trim_end_matches('/'));
+    let mut builder = client().post(&url).json(&body);
+    if let Some(key) = target.key {
+        builder = builder.bearer_auth(key.expose());
+    }
+    for (name, value) in target.headers {
+        builder = builder.header(name, value);
+    }
+    let fail = |failure: Failure, detail: String, rate: RateHeaders| AttemptError { failure, detail, rate };
+
+    let response = match tokio::time::timeout(target.first_byte_timeout, builder.send()).await {
+        Err(_) => return Err(fail(Failure::FirstByteTimeout, String::new(), RateHeaders::default())),
+        Ok(Err(e)) if e.is_timeout() => return Err(fail(Failure::FirstByteTimeout, String::new(), RateHeaders::default())),
+        Ok(Err(e)) => {
+            let detail = if e.is_connect() { "could not connect" } else { "request failed" };
+            return Err(fail(Failure::Transport, detail.into(), RateHeaders::default()));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let rate = rate_headers(&headers);
+    let remaining = target.attempt_timeout.saturating_sub(started.elapsed());
+    let bytes = match read_body(response, remaining).await {
+        Ok(b) => b,
+        Err(f) => return Err(fail(f, String::new(), rate)),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    if !(200..300).contains(&status) {
+        let failure = classify_status(status, &headers, &text);
+        return Err(fail(failure, excerpt(&text, target.key), rate));
+    }
+    parse_completion(&text, rate.clone()).map_err(|f| fail(f, excerpt(&text, target.key), rate))
+}
+
+async fn read_body(mut response: reqwest::Response, budget: Duration) -> Result<Vec<u8>, Failure> {
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut body = Vec::new();
+    loop {
+        let wait = STALL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, response.chunk()).await {
+            Err(_) => return Err(Failure::Stalled),
+            Ok(Err(_)) => return Err(Failure::Transport),
+            Ok(Ok(None)) => return Ok(body),
+            Ok(Ok(Some(chunk))) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(Failure::BadBody);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Turns a 2xx body into a completion, or says why it is not one.
+fn parse_completion(text: &str, rate: RateHeaders) -> Result<Completion, Failure> {
+    let wire: WireResponse = serde_json::from_str(text).map_err(|_| Failure::BadBody)?;
+    if wire.error.is_some() && wire.choices.is_empty() {
+        return Err(Failure::BadBody);
+    }
+    let choice = wire.choices.into_iter().next().ok_or(Failure::Empty)?;
+    let message = choice.message.ok_or(Failure::Empty)?;
+    let text = message
+        .content
+        .filter(|c| !c.trim().is_empty())
+        .or(message.reasoning.filter(|c| !c.trim().is_empty()))
+        .or(message.reasoning_content.filter(|c| !c.trim().is_empty()))
+        .ok_or(Failure::Empty)?;
+    if is_degenerate(&text) {
+        return Err(Failure::Empty);
+    }
+    Ok(Completion {
+        text,
+        usage: wire.usage.map(|u| Usage {
+            prompt: u.prompt_tokens.unwrap_or(0),
+            completion: u.completion_tokens.unwrap_or(0),
+        }),
+        served_model: wire.model,
+        finish_reason: choice.finish_reason,
+        rate,
+    })
+}
+
+/// One short string repeated over and over is a broken generation, not an answer:
+/// the text (its first 4 KB) repeats with some period of at most 64 bytes.
+fn is_degenerate(text: &str) -> bool {
+    let b = text.trim().as_bytes();
+    let b = &b[..b.len().min(4096)];
+    if b.len() < 400 {
+        return false;
+    }
+    (1..=64).any(|p| {
+        let same = (0..b.len() - p).filter(|&i| b[i] == b[i + p]).count();
+        same * 100 >= (b.len() - p) * 97
+    })
+}
+
+/// Classifies a non-2xx answer.
+pub fn classify_status(status: u16, headers: &HeaderMap, body: &str) -> Failure {
+    let lower = body.to_lowercase();
+    let context_msg = ["context length", "context_length", "maximum context", "too many tokens", "reduce the length", "prompt is too long"]
+        .iter()
+        .any(|p| lower.contains(p));
+    match status {
+        429 => Failure::RateLimited {
+            retry_after: retry_after(headers, body).or_else(|| rate_headers(headers).exhausted_for()),
+            daily: ["per day", "daily", "perday", "rpd", "tpd", "free allocation", "quota exceeded for quota metric"]
+                .iter()
+                .any(|p| lower.contains(p)),
+            learned: learned_limit(body),
+        },
+        401 => Failure::Unauthorized,
+        400 if lower.contains("api_key_invalid") || lower.contains("api key not valid") => Failure::Unauthorized,
+        402 => Failure::PaymentRequired,
+        403 => Failure::Forbidden,
+        400 if lower.contains("failed_precondition") => Failure::Forbidden,
+        404 | 410 => Failure::ModelGone,
+        413 => Failure::ContextTooLong,
+        400..=499 if context_msg => Failure::ContextTooLong,
+        400..=499 if lower.contains("no endpoints") || lower.contains("model_not_found") || lower.contains("does not exist") => {
+            Failure::ModelGone
+        }
+        400..=499 => Failure::Rejected(status),
+        _ => Failure::Server(status),
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// The wait a 429 states: `retry-after` (seconds or HTTP date), else a body hint.
+pub fn retry_after(headers: &HeaderMap, body: &str) -> Option<Duration> {
+    if let Some(v) = header_str(headers, "retry-after") {
+        if let Ok(secs) = v.parse::<f64>() {
+            return Some(Duration::from_secs_f64(secs.max(0.0)));
+        }
+        if let Ok(when) = DateTime::parse_from_rfc2822(v) {
+            let secs = (when.with_timezone(&Utc) - Utc::now()).num_milliseconds().max(0) as u64;
+            return Some(Duration::from_millis(secs));
+        }
+    }
+    body_retry_hint(body)
+}
+
+/// `"retryDelay": "17s"` or "try again in 7.66s" in an error body.
+pub fn body_retry_hint(body: &str) -> Option<Duration> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(r#"(?i)(?:"retryDelay"\s*:\s*"|(?:try again|retry) (?:in|after) )(\d+(?:\.\d+)?)\s*(ms|s|sec|seconds|m|min|minutes)?\b"#)
+            .expect("static regex")
+    });
+    let caps = re.captures(body)?;
+    let n: f64 = caps[1].parse().ok()?;
+    let secs = match caps.get(2).map(|m| m.as_str().to_lowercase()).as_deref() {
+        Some("ms") => n / 1000.0,
+        Some("m" | "min" | "minutes") => n * 60.0,
+        _ => n,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// A limit stated unambiguously, e.g. "tokens per minute (TPM): Limit 30000".
+fn learned_limit(body: &str) -> Option<(&'static str, u64)> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(r"(?i)(tokens|requests) per (minute|day) \((TPM|RPM|TPD|RPD)\):\s*Limit\s*(\d+)").expect("static regex")
+    });
+    let caps = re.captures(body)?;
+    let key = match caps[3].to_ascii_uppercase().as_str() {
+        "TPM" => "tpm",
+        "RPM" => "rpm",
+        "TPD" => "tpd",
+        _ => "rpd",
+    };
+    Some((key, caps[4].parse().ok()?))
+}
+
+/// Reads `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` (with Cerebras' `-day`/`-minute` variants).
+pub fn rate_headers(headers: &HeaderMap) -> RateHeaders {
+    let pair = |what: &str| -> Option<(u64, Option<Duration>)> {
+        let mut best: Option<(u64, Option<Duration>)> = None;
+        for suffix in ["", "-minute", "-day"] {
+            let remaining = header_str(headers, &format!("x-ratelimit-remaining-{what}{suffix}"))
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|v| v.max(0.0) as u64);
+            let Some(remaining) = remaining else { continue };
+            let reset = header_str(headers, &format!("x-ratelimit-reset-{what}{suffix}")).and_then(parse_reset);
+            // Keep the tightest window: an exhausted one wins.
+            let better = match best {
+                None => true,
+                Some((r, _)) => remaining < r || (remaining == 0 && reset.is_some()),
+            };
+            if better {
+                best = Some((remaining, reset));
+            }
+        }
+        best
+    };
+    RateHeaders {
+        requests: pair("requests"),
+        tokens: pair("tokens"),
+    }
+}
+
+/// Parses a reset value: seconds (`12`, `7.66`), a duration (`2m59.56s`, `120ms`,
+/// `1h2m`), an epoch timestamp in seconds, or an HTTP date.
+pub fn parse_reset(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(n) = v.parse::<f64>() {
+        if n > 1.0e9 {
+            let now = Utc::now().timestamp() as f64;
+            return Some(Duration::from_secs_f64((n - now).max(0.0)));
+        }
+        return Some(Duration::from_secs_f64(n.max(0.0)));
+    }
+    if let Ok(when) = DateTime::parse_from_rfc2822(v) {
+        let ms = (when.with_timezone(&Utc) - Utc::now()).num_milliseconds().max(0) as u64;
+        return Some(Duration::from_millis(ms));
+    }
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| Regex::new(r"(\d+(?:\.\d+)?)(ms|h|m|s)").expect("static regex"));
+    let mut total = 0.0;
+    let mut consumed = 0;
+    for caps in re.captures_iter(v) {
+        let n: f64 = caps[1].parse().ok()?;
+        total += match &caps[2] {
+            "ms" => n / 1000.0,
+            "h" => n * 3600.0,
+            "m" => n * 60.0,
+            _ => n,
+        };
+        consumed += caps[0].len();
+    }
+    (consumed == v.len() && consumed > 0).then(|| Duration::from_secs_f64(total))
+}
+
+/// A short excerpt of an error body, safe to show: HTML reduced to its title,
+/// anything key-shaped (and the key itself) replaced.
+pub fn excerpt(body: &str, key: Option<&ApiKey>) -> String {
+    let trimmed = body.trim();
+    let lower = trimmed.to_lowercase();
+    let mut text = if lower.starts_with("<!doctype") || lower.starts_with("<html") {
+        let title = lower
+            .find("<title>")
+            .and_then(|s| lower[s + 7..].find("</title>").map(|e| trimmed[s + 7..s + 7 + e].trim().to_owned()));
+        format!("HTML page{}", title.map(|t| format!(" \"{t}\"")).unwrap_or_default())
+    } else {
+        // Prefer the provider's own message when the body is an OpenAI-style error.
+        serde_json::from_str::<serde_json::Value>(trimmed)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .or_else(|| v.pointer("/message"))
+                    .or_else(|| v.pointer("/error"))
+                    .and_then(|m| m.as_str().map(str::to_owned))
+            })
+            .unwrap_or_else(|| trimmed.to_owned())
+    };
+    if let Some(key) = key
+        && !key.expose().is_empty()
+    {
+        text = text.replace(key.expose(), "[key]");
+    }
+    static KEYISH: OnceLock<Regex> = OnceLock::new();
+    let re = KEYISH.get_or_init(|| Regex::new(r"[A-Za-z0-9_\-]{24,}").expect("static regex"));
+    let text = re.replace_all(&text, "[redacted]");
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > 160 {
+        let cut: String = flat.chars().take(157).collect();
+        format!("{cut}...")
+    } else {
+        flat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn reset_values_in_every_spelling() {
+        let cases = [
+            ("12", Some(12.0)),
+            ("7.66", Some(7.66)),
+            ("2m59.56s", Some(179.56)),
+            ("120ms", Some(0.12)),
+            ("1h2m", Some(3720.0)),
+            ("soon", None),
+            ("5x", None),
+        ];
+        for (input, want) in cases {
+            let got = parse_reset(input).map(|d| (d.as_secs_f64() * 100.0).round() / 100.0);
+            assert_eq!(got, want, "{input}");
+        }
+        let date = (Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        let d = parse_reset(&date).unwrap();
+        assert!((25..=31).contains(&d.as_secs()), "{d:?}");
+    }
+
+    #[test]
+    fn retry_after_header_then_body_hints() {
+        assert_eq!(retry_after(&headers(&[("retry-after", "17")]), ""), Some(Duration::from_secs(17)));
+        let body = r#"{"error":{"details":[{"retryDelay": "17s"}]}}"#;
+        assert_eq!(retry_after(&HeaderMap::new(), body), Some(Duration::from_secs(17)));
+        let body = "Rate limit reached. Please try again in 7.66s.";
+        assert_eq!(retry_after(&HeaderMap::new(), body), Some(Duration::from_secs_f64(7.66)));
+        assert_eq!(retry_after(&HeaderMap::new(), "slow down"), None);
+    }
+
+    #[test]
+    fn status_classes() {
+        let h = HeaderMap::new();
+        let cases: &[(u16, &str, Failure)] = &[
+            (401, "", Failure::Unauthorized),
+            (400, r#"{"error":{"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#, Failure::Unauthorized),
+            (400, "FAILED_PRECONDITION: User location is not supported", Failure::Forbidden),
+            (402, "", Failure::PaymentRequired),
+            (403, "", Failure::Forbidden),
+            (404, "", Failure::ModelGone),
+            (410, "", Failure::ModelGone),
+            (400, "No endpoints found for model", Failure::ModelGone),
+            (413, "", Failure::ContextTooLong),
+            (400, "This model's maximum context length is 8192 tokens", Failure::ContextTooLong),
+            (422, "unknown field", Failure::Rejected(422)),
+            (500, "", Failure::Server(500)),
+            (503, "<html>", Failure::Server(503)),
+        ];
+        for (status, body, want) in cases {
+            assert_eq!(&classify_status(*status, &h, body), want, "{status} {body}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_details() {
+        let f = classify_status(429, &headers(&[("retry-after", "3")]), "daily free allocation used up");
+        assert_eq!(f, Failure::RateLimited { retry_after: Some(Duration::from_secs(3)), daily: true, learned: None });
+        let f = classify_status(
+            429,
+            &HeaderMap::new(),
+            "Limit reached on tokens per minute (TPM): Limit 30000, Used 29000, Requested 2000",
+        );
+        assert!(matches!(f, Failure::RateLimited { learned: Some(("tpm", 30000)), .. }), "{f:?}");
+        let f = classify_status(
+            429,
+            &headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "2m59.56s")]),
+            "",
+        );
+        assert!(matches!(f, Failure::RateLimited { retry_after: Some(d), .. } if d.as_secs() == 179), "{f:?}");
+    }
+
+    #[test]
+    fn rate_headers_pick_the_exhausted_window() {
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests-minute", "5"),
+            ("x-ratelimit-remaining-requests-day", "0"),
+            ("x-ratelimit-reset-requests-day", "3600"),
+        ]);
+        let r = rate_headers(&h);
+        assert_eq!(r.requests, Some((0, Some(Duration::from_secs(3600)))));
+        assert_eq!(r.exhausted_for(), Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn bodies_that_are_not_completions() {
+        let ok = r#"{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1},"model":"m"}"#;
+        let c = parse_completion(ok, RateHeaders::default()).unwrap();
+        assert_eq!(c.text, "hi");
+        assert_eq!(c.usage, Some(Usage { prompt: 3, completion: 1 }));
+        let reasoning = r#"{"choices":[{"message":{"content":"","reasoning":"thought"}}]}"#;
+        assert_eq!(parse_completion(reasoning, RateHeaders::default()).unwrap().text, "thought");
+        let cases = [
+            (r#"{"choices":[]}"#, Failure::Empty),
+            (r#"{"choices":[{"message":{"content":"  "}}]}"#, Failure::Empty),
+            (r#"{"choices":[{"message":{"content":"hi"}"#, Failure::BadBody),
+            ("<html><body>Bad gateway</body></html>", Failure::BadBody),
+            (r#"{"error":{"message":"overloaded"}}"#, Failure::BadBody),
+        ];
+        for (body, want) in cases {
+            assert_eq!(parse_completion(body, RateHeaders::default()).unwrap_err(), want, "{body}");
+        }
+        let loop_text = "the same the same ".repeat(60);
+        let body = serde_json::json!({"choices":[{"message":{"content": loop_text}}]}).to_string();
+        assert_eq!(parse_completion(&body, RateHeaders::default()).unwrap_err(), Failure::Empty);
+    }
+
+    #[test]
+    fn excerpts_hide_keys_and_html() {
+        let key = ApiKey::new("gsk_live_secret_value_1234567890");
+        let body = r#"{"error":{"message":"Invalid API Key gsk_live_secret_value_1234567890 provided"}}"#;
+        let e = excerpt(body, Some(&key));
+        assert!(!e.contains("secret"), "{e}");
+        assert!(e.contains("Invalid API Key"), "{e}");
+        let e = excerpt("<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>...</body></html>", None);
+        assert_eq!(e, "HTML page \"502 Bad Gateway\"");
+        let e = excerpt(&"x ".repeat(500), None);
+        assert!(e.len() <= 163);
+        let e = excerpt("token sk-proj-abcdefghijklmnopqrstuvwxyz0123 leaked", None);
+        assert!(!e.contains("abcdefghijkl"), "{e}");
+    }
+
+    #[test]
+    fn scopes_and_benches() {
+        assert_eq!(Failure::Unauthorized.skip(), Skip::Key);
+        assert_eq!(Failure::Forbidden.skip(), Skip::ModelForKey);
+        assert_eq!(Failure::ContextTooLong.skip(), Skip::Model);
+        assert_eq!(Failure::Server(503).skip(), Skip::Provider);
+        assert_eq!(Failure::ContextTooLong.bench(0), None);
+        let limited = Failure::RateLimited { retry_after: None, daily: false, learned: None };
+        assert_eq!(limited.bench(0), Some((Duration::from_secs(90), BenchSource::Guessed)));
+        assert_eq!(limited.bench(9).unwrap().0, Duration::from_secs(600), "guesses are capped");
+        let stated = Failure::RateLimited { retry_after: Some(Duration::from_secs(17)), daily: false, learned: None };
+        assert_eq!(stated.bench(0), Some((Duration::from_secs(17), BenchSource::Stated)));
+        assert_eq!(Failure::PaymentRequired.bench(0).unwrap().0, Duration::from_secs(86400));
+    }
+}

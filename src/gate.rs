@@ -417,7 +417,7 @@ mod tests {
         hit("slack-app-token", &format!("xapp-1-A0123ABCDEF-2087153964-{}", hex(64)));
         hit("slack-webhook", &format!("https://hooks.slack.com/services/T0123ABCD/B0123ABCD/{}", r("", 24)));
         hit("discord-bot-token", &format!("{}.{}.{}", r("MT", 24), r("", 6), r("", 27)));
-        hit("discord-webhook", &format!("https://discord.com/api/webhooks/123456789012345678/{}", r("", 68)));
+        hit("discord-webhook", &format!("https://discord.com/api/webhooks/1187342059918273645/{}", r("", 68)));
         hit("telegram-bot-token", &format!("123456789:AA{}", r("", 33)));
     }
 

@@ -418,7 +418,7 @@ mod tests {
         hit("slack-webhook", &format!("https://hooks.slack.com/services/T0123ABCD/B0123ABCD/{}", r("", 24)));
         hit("discord-bot-token", &format!("{}.{}.{}", r("MT", 24), r("", 6), r("", 27)));
         hit("discord-webhook", &format!("https://discord.com/api/webhooks/1187342059918273645/{}", r("", 68)));
-        hit("telegram-bot-token", &format!("123456789:AA{}", r("", 33)));
+        hit("telegram-bot-token", &format!("708215396:AA{}", r("", 33)));
     }
 
     #[test]

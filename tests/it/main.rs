@@ -1,1 +1,12 @@
+//! Integration tests: one binary (`autotests = false`), black-box over the built program.
+//!
+//! - `mcp`: the server over stdio: handshake, schemas, delegate, failover, errors, purity.
+//! - `cli`: the commands beside the server.
+//! - `ledger`: several processes sharing one state dir; crashes mid-request.
+//! - `faults`: upstreams that hang, trickle, or answer garbage; broken state and config.
 
+mod cli;
+mod faults;
+mod ledger;
+mod mcp;
+mod support;

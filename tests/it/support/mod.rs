@@ -1,0 +1,228 @@
+//! Shared test support: a sandboxed environment, a raw MCP client over the
+//! binary's stdio, and the mock upstream.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod mock;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub use mock::{Behavior, MockUpstream};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_freepool-mcp")
+}
+
+/// A scratch HOME, config file and state dir; every command runs with a
+/// cleared environment so no real key or provider can be reached.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let s = Sandbox { dir: tempfile::tempdir().unwrap() };
+        std::fs::create_dir_all(s.home()).unwrap();
+        s.config("");
+        s
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("providers.toml")
+    }
+
+    /// Writes the user config. Keyless providers are always off in tests: they
+    /// would reach the internet.
+    pub fn config(&self, extra: &str) {
+        let text = format!("[settings]\nkeyless = false\nmax_wait_secs = 0\n{extra}");
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Writes the config verbatim (for broken-config tests).
+    pub fn config_raw(&self, text: &str) {
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.home())
+            .env("FREEPOOL_CONFIG", self.config_path())
+            .env("FREEPOOL_STATE_DIR", self.state())
+            .env("FREEPOOL_LOG", "freepool_mcp=debug")
+            .env("MOCK_KEY", "mock-secret-key-value-0001")
+            .env("MOCK_KEY_2", "mock-secret-key-value-0002")
+            .current_dir(self.dir.path());
+        c
+    }
+
+    pub fn mcp(&self) -> McpClient {
+        McpClient::spawn(self.cmd())
+    }
+}
+
+/// TOML for a provider served by a mock. `extra` goes in the provider table,
+/// `model_extra` in its one model `m1`.
+pub fn provider(id: &str, mock: &MockUpstream, extra: &str, model_extra: &str) -> String {
+    format!(
+        "[providers.{id}]\nbase_url = \"{}\"\nlocal = true\nkey_env = [\"MOCK_KEY\"]\ntimeout_secs = 5\n{extra}\n[providers.{id}.models.m1]\nfamily = \"fam\"\ncontext = 32000\ntier = 2\n{model_extra}\n",
+        mock.base_url()
+    )
+}
+
+/// A line-oriented JSON-RPC client over a spawned server's stdio.
+pub struct McpClient {
+    pub child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    next_id: u64,
+    /// Notifications seen so far.
+    pub notifications: Vec<Value>,
+    /// Every stdout line that was not JSON-RPC (must stay empty).
+    pub impure: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub stderr_path: PathBuf,
+}
+
+impl McpClient {
+    pub fn spawn(mut cmd: Command) -> McpClient {
+        let stderr_path = std::env::temp_dir().join(format!("freepool-it-{}-{}.log", std::process::id(), rand_suffix()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn server");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        let impure = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let impure2 = impure.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let ok = serde_json::from_str::<Value>(&line).is_ok_and(|v| v["jsonrpc"] == "2.0");
+                if !ok {
+                    impure2.lock().unwrap().push(line.clone());
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        McpClient { child, stdin, lines: rx, next_id: 1, notifications: Vec::new(), impure, stderr_path }
+    }
+
+    pub fn send_raw(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    pub fn notify(&mut self, method: &str, params: Value) {
+        self.send_raw(&json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string());
+    }
+
+    /// Sends a request and returns its id without waiting.
+    pub fn send(&mut self, method: &str, params: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_raw(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string());
+        id
+    }
+
+    /// Waits for the response to `id`, keeping notifications.
+    pub fn wait(&mut self, id: u64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                    if v.get("id").and_then(|i| i.as_u64()) == Some(id) && (v.get("result").is_some() || v.get("error").is_some()) {
+                        return v;
+                    }
+                    if v.get("method").is_some() && v.get("id").is_none() {
+                        self.notifications.push(v);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("no answer to request {id} within {timeout:?}; stderr:\n{}", self.stderr()),
+                Err(RecvTimeoutError::Disconnected) => panic!("server closed stdout; stderr:\n{}", self.stderr()),
+            }
+        }
+    }
+
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params);
+        self.wait(id, Duration::from_secs(60))
+    }
+
+    pub fn initialize(&mut self) -> Value {
+        let r = self.request(
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "it", "version": "0"}}),
+        );
+        self.notify("notifications/initialized", json!({}));
+        r
+    }
+
+    /// Calls a tool; returns (is_error, text).
+    pub fn call(&mut self, name: &str, args: Value) -> (bool, String) {
+        let r = self.request("tools/call", json!({"name": name, "arguments": args}));
+        tool_text(&r)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn assert_pure(&self) {
+        let impure = self.impure.lock().unwrap();
+        assert!(impure.is_empty(), "non-JSON-RPC lines on stdout: {impure:?}");
+    }
+}
+
+impl Drop for McpClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// (isError, joined text) of a tools/call response.
+pub fn tool_text(r: &Value) -> (bool, String) {
+    let result = r.get("result").unwrap_or_else(|| panic!("not a result: {r}"));
+    let text = result["content"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default();
+    (result["isError"].as_bool().unwrap_or(false), text)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed) * 1_000_003 + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
+}
+
+/// Reads a state-dir ledger count with the status command.
+pub fn status_json(sb: &Sandbox) -> Value {
+    let out = sb.cmd().args(["status", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

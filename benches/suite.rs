@@ -1,1 +1,2 @@
-fn main(){}
+//! Benchmarks (written below).
+fn main() {}

@@ -112,14 +112,25 @@ pub fn parse_statusline(input: &str, now: i64) -> Snapshot {
         if !(0.0..=1000.0).contains(&used) {
             return None;
         }
-        Some(UsageWindow { used_percentage: used, resets_at: w.get("resets_at").and_then(|r| r.as_i64().or_else(|| r.as_f64().map(|f| f as i64))) })
+        Some(UsageWindow {
+            used_percentage: used,
+            resets_at: w
+                .get("resets_at")
+                .and_then(|r| r.as_i64().or_else(|| r.as_f64().map(|f| f as i64))),
+        })
     };
     Snapshot {
         captured_at: now,
         five_hour: window("five_hour"),
         seven_day: window("seven_day"),
-        session_id: v.get("session_id").and_then(|s| s.as_str()).map(str::to_owned),
-        model: v.pointer("/model/display_name").and_then(|s| s.as_str()).map(str::to_owned),
+        session_id: v
+            .get("session_id")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned),
+        model: v
+            .pointer("/model/display_name")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned),
     }
 }
 
@@ -197,7 +208,10 @@ fn current(w: Option<UsageWindow>, now: i64) -> Option<WindowState> {
         Some(r) if r <= now => 0.0,
         _ => w.used_percentage.clamp(0.0, 100.0),
     };
-    Some(WindowState { used_percentage: used, resets_at: w.resets_at.filter(|r| *r > now) })
+    Some(WindowState {
+        used_percentage: used,
+        resets_at: w.resets_at.filter(|r| *r > now),
+    })
 }
 
 /// Turns a snapshot and an optional pin into a mode. `pinned` is `(mode, who pinned it)`.
@@ -212,12 +226,17 @@ pub fn assess(snapshot: Option<&Snapshot>, pinned: Option<(Mode, String)>, now: 
             mode = Mode::Exhausted;
         }
         let source = match snapshot {
-            Some(s) if weekly.is_some() || five_hour.is_some() => Source::Statusline { age_secs: (now - s.captured_at).max(0) },
+            Some(s) if weekly.is_some() || five_hour.is_some() => Source::Statusline {
+                age_secs: (now - s.captured_at).max(0),
+            },
             _ => Source::None,
         };
         (mode, source)
     };
-    let reset_of = |w: Option<WindowState>| w.and_then(|w| w.resets_at).map(|r| format!("{} ({})", iso(r), relative(r - now)));
+    let reset_of = |w: Option<WindowState>| {
+        w.and_then(|w| w.resets_at)
+            .map(|r| format!("{} ({})", iso(r), relative(r - now)))
+    };
     let advice = match mode {
         Mode::Normal => "Plenty of budget: use Claude freely, delegate bulk mechanical work when convenient.".to_owned(),
         Mode::PreferSonnet => "Over 60% of the weekly budget: drop the orchestrator's own Opus calls to Sonnet; keep delegating routine work.".to_owned(),
@@ -233,17 +252,32 @@ pub fn assess(snapshot: Option<&Snapshot>, pinned: Option<(Mode, String)>, now: 
         }
         Mode::Unknown => "No live usage signal (headless, API key, or no message yet): behave as normal. Pin a mode with FREEPOOL_BUDGET_MODE for headless runs.".to_owned(),
     };
-    Assessment { mode, threshold: mode.threshold(), weekly, five_hour, source, advice }
+    Assessment {
+        mode,
+        threshold: mode.threshold(),
+        weekly,
+        five_hour,
+        source,
+        advice,
+    }
 }
 
 /// The pinned mode, if any: `$FREEPOOL_BUDGET_MODE` wins over `settings.budget_mode`.
 /// An invalid value is reported, not silently ignored.
-pub fn pinned_mode(env_value: Option<&str>, config_value: Option<&str>) -> Result<Option<(Mode, String)>, String> {
-    for (value, by) in [(env_value, crate::config::env::BUDGET_MODE), (config_value, "settings.budget_mode")] {
+pub fn pinned_mode(
+    env_value: Option<&str>,
+    config_value: Option<&str>,
+) -> Result<Option<(Mode, String)>, String> {
+    for (value, by) in [
+        (env_value, crate::config::env::BUDGET_MODE),
+        (config_value, "settings.budget_mode"),
+    ] {
         if let Some(v) = value.filter(|v| !v.trim().is_empty()) {
             return match Mode::parse(v) {
                 Some(m) => Ok(Some((m, by.to_owned()))),
-                None => Err(format!("{by} = `{v}` is not a mode (normal, prefer_sonnet, delegate_more, exhausted, unknown)")),
+                None => Err(format!(
+                    "{by} = `{v}` is not a mode (normal, prefer_sonnet, delegate_more, exhausted, unknown)"
+                )),
             };
         }
     }
@@ -269,7 +303,11 @@ pub fn relative(secs: i64) -> String {
     } else {
         format!("{a}s")
     };
-    if secs >= 0 { format!("in {text}") } else { format!("{text} ago") }
+    if secs >= 0 {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
 }
 
 #[cfg(test)]
@@ -281,8 +319,14 @@ mod tests {
     fn snap(weekly: Option<f64>, five: Option<f64>) -> Snapshot {
         Snapshot {
             captured_at: NOW - 30,
-            five_hour: five.map(|p| UsageWindow { used_percentage: p, resets_at: Some(NOW + 3600) }),
-            seven_day: weekly.map(|p| UsageWindow { used_percentage: p, resets_at: Some(NOW + 86_400) }),
+            five_hour: five.map(|p| UsageWindow {
+                used_percentage: p,
+                resets_at: Some(NOW + 3600),
+            }),
+            seven_day: weekly.map(|p| UsageWindow {
+                used_percentage: p,
+                resets_at: Some(NOW + 86_400),
+            }),
             session_id: None,
             model: None,
         }
@@ -337,10 +381,19 @@ mod tests {
         let pin = pinned_mode(Some("delegate-more"), Some("normal")).unwrap();
         let a = assess(Some(&snap(Some(10.0), None)), pin, NOW);
         assert_eq!(a.mode, Mode::DelegateMore);
-        assert_eq!(a.source, Source::Pinned { by: "FREEPOOL_BUDGET_MODE".into() });
+        assert_eq!(
+            a.source,
+            Source::Pinned {
+                by: "FREEPOOL_BUDGET_MODE".into()
+            }
+        );
         let pin = pinned_mode(None, Some("exhausted")).unwrap().unwrap();
         assert_eq!(pin.1, "settings.budget_mode");
-        assert!(pinned_mode(Some("turbo"), None).unwrap_err().contains("turbo"));
+        assert!(
+            pinned_mode(Some("turbo"), None)
+                .unwrap_err()
+                .contains("turbo")
+        );
     }
 
     #[test]
@@ -354,7 +407,13 @@ mod tests {
         assert_eq!(s.session_id.as_deref(), Some("abc"));
         let no_limits = r#"{"session_id":"abc","model":{"display_name":"Sonnet"}}"#;
         assert_eq!(parse_statusline(no_limits, NOW).seven_day, None);
-        for garbage in ["", "not json", "[1,2]", r#"{"rate_limits":null}"#, r#"{"rate_limits":{"seven_day":{"used_percentage":"x"}}}"#] {
+        for garbage in [
+            "",
+            "not json",
+            "[1,2]",
+            r#"{"rate_limits":null}"#,
+            r#"{"rate_limits":{"seven_day":{"used_percentage":"x"}}}"#,
+        ] {
             let s = parse_statusline(garbage, NOW);
             assert!(s.seven_day.is_none() && s.five_hour.is_none(), "{garbage}");
         }

@@ -131,7 +131,10 @@ pub const SERVER_NAME: &str = "freellmapi";
 
 fn out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("writing to stdout"),
     }
@@ -165,10 +168,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             report_problems(&catalog);
             Ok(if catalog.problems.is_empty() { 0 } else { 1 })
         }
-        Some(Command::Delegate { prompt, model, system, max_tokens }) => {
+        Some(Command::Delegate {
+            prompt,
+            model,
+            system,
+            max_tokens,
+        }) => {
             let prompt = if prompt == "-" {
                 let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading the prompt from stdin")?;
                 s
             } else {
                 prompt.clone()
@@ -176,7 +186,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let (catalog, state) = load(&cli);
             report_problems(&catalog);
             let engine = Engine::new(catalog, state);
-            let req = DelegateRequest { prompt, system: system.clone(), model: model.clone(), max_tokens: *max_tokens, temperature: None, log: None };
+            let req = DelegateRequest {
+                prompt,
+                system: system.clone(),
+                model: model.clone(),
+                max_tokens: *max_tokens,
+                temperature: None,
+                log: None,
+            };
             match engine.delegate(req).await {
                 Ok(s) => {
                     out(s.text.trim_end())?;
@@ -193,7 +210,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Some(Command::Check { probe }) => check(&cli, *probe).await,
-        Some(Command::Status { json, clear_cooldowns }) => {
+        Some(Command::Status {
+            json,
+            clear_cooldowns,
+        }) => {
             let (catalog, state) = load(&cli);
             let engine = Engine::new(catalog, state);
             let ledger = engine.ledger().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -202,7 +222,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 eprintln!("cleared {n} cooldown(s)");
             }
             let catalog = engine.resolved_catalog().await;
-            let snap = engine.snapshot(&catalog).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let snap = engine
+                .snapshot(&catalog)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let report = status::report(&catalog, &snap, &ledger.path().display().to_string());
             if *json {
                 out(&serde_json::to_string_pretty(&report)?)?;
@@ -215,17 +238,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Scan { file }) => {
             let text = if file == "-" {
                 let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading stdin")?;
                 s
             } else {
                 let bytes = fs_err::read(file)?;
                 String::from_utf8_lossy(&bytes).into_owned()
             };
             let findings = gate::scan(&text);
-            let name = if file == "-" { "<stdin>" } else { file.as_str() };
+            let name = if file == "-" {
+                "<stdin>"
+            } else {
+                file.as_str()
+            };
             let mut report = String::new();
             for f in &findings {
-                report.push_str(&format!("{name}:{}:{}: {} [{}] {}\n", f.line, f.column, f.kind, f.rule, f.masked));
+                report.push_str(&format!(
+                    "{name}:{}:{}: {} [{}] {}\n",
+                    f.line, f.column, f.kind, f.rule, f.masked
+                ));
             }
             out(&report)?;
             if findings.is_empty() {
@@ -296,7 +328,10 @@ fn stats_text(s: &decisions::Stats) -> String {
         out.push_str("  no outcomes reported yet\n");
     }
     for (m, a, j) in &s.acceptance {
-        out.push_str(&format!("  {m:<52} {a}/{j} ({:.0}%)\n", 100.0 * *a as f64 / (*j).max(1) as f64));
+        out.push_str(&format!(
+            "  {m:<52} {a}/{j} ({:.0}%)\n",
+            100.0 * *a as f64 / (*j).max(1) as f64
+        ));
     }
     out.push_str(&format!("\ncapability-gate hits: {}\n", s.capability_hits));
     out
@@ -307,7 +342,10 @@ async fn check(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
     let mut code = 0;
     let mut text = String::new();
     match &catalog.user_file {
-        Some(p) => text.push_str(&format!("config: {} (over the built-in catalog)\n", p.display())),
+        Some(p) => text.push_str(&format!(
+            "config: {} (over the built-in catalog)\n",
+            p.display()
+        )),
         None => text.push_str("config: built-in catalog only (no user file)\n"),
     }
     for p in &catalog.problems {
@@ -333,7 +371,10 @@ async fn check(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
             usable += 1;
         }
     }
-    text.push_str(&format!("providers: {} enabled, {usable} usable now (keys or keyless)\n", catalog.providers.len()));
+    text.push_str(&format!(
+        "providers: {} enabled, {usable} usable now (keys or keyless)\n",
+        catalog.providers.len()
+    ));
     match engine.ledger() {
         Ok(l) => {
             text.push_str(&format!("state: {} (writable)\n", state.display()));
@@ -346,7 +387,10 @@ async fn check(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
             code = 1;
         }
     }
-    if let Err(e) = budget::pinned_mode(std::env::var(env::BUDGET_MODE).ok().as_deref(), catalog.settings.budget_mode.as_deref()) {
+    if let Err(e) = budget::pinned_mode(
+        std::env::var(env::BUDGET_MODE).ok().as_deref(),
+        catalog.settings.budget_mode.as_deref(),
+    ) {
         text.push_str(&format!("error: {e}\n"));
         code = 1;
     }
@@ -354,7 +398,11 @@ async fn check(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
     out(&text)?;
     if probe {
         out("\nprobing each usable provider with one tiny request (uses free quota):\n")?;
-        for p in catalog.providers.iter().filter(|p| crate::router::is_usable(p)) {
+        for p in catalog
+            .providers
+            .iter()
+            .filter(|p| crate::router::is_usable(p))
+        {
             let Some(m) = p.models.first() else { continue };
             let req = DelegateRequest {
                 prompt: "Reply with the single word OK.".into(),
@@ -379,13 +427,13 @@ async fn check(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
 /// The statusLine command. Never fails: whatever arrives, it prints a line and exits 0.
 fn statusline(cli: &Cli, then: Option<&str>) {
     let mut input = String::new();
-    let _ = std::io::stdin().take(4 * 1024 * 1024).read_to_string(&mut input);
+    let _ = std::io::stdin()
+        .take(4 * 1024 * 1024)
+        .read_to_string(&mut input);
     let mut line = String::new();
-    if let Some(cmd) = then {
-        if let Some(prev) = run_previous(cmd, &input) {
-            line.push_str(prev.trim_end());
-            line.push_str(" | ");
-        }
+    if let Some(prev) = then.and_then(|cmd| run_previous(cmd, &input)) {
+        line.push_str(prev.trim_end());
+        line.push_str(" | ");
     }
     let state = cli.state_dir.clone().unwrap_or_else(config::state_dir);
     let now = ledger::now_ms() / 1000;
@@ -394,10 +442,18 @@ fn statusline(cli: &Cli, then: Option<&str>) {
         tracing::debug!("could not store the budget snapshot: {e}");
     }
     let stored = budget::load(&state);
-    let pinned = budget::pinned_mode(std::env::var(env::BUDGET_MODE).ok().as_deref(), None).unwrap_or(None);
+    let pinned =
+        budget::pinned_mode(std::env::var(env::BUDGET_MODE).ok().as_deref(), None).unwrap_or(None);
     let a = budget::assess(stored.as_ref(), pinned, now);
-    let pct = |w: Option<budget::WindowState>| w.map_or("?".to_owned(), |w| format!("{:.0}%", w.used_percentage));
-    line.push_str(&format!("pool: {} · week {} · 5h {}", a.mode.as_str(), pct(a.weekly), pct(a.five_hour)));
+    let pct = |w: Option<budget::WindowState>| {
+        w.map_or("?".to_owned(), |w| format!("{:.0}%", w.used_percentage))
+    };
+    line.push_str(&format!(
+        "pool: {} · week {} · 5h {}",
+        a.mode.as_str(),
+        pct(a.weekly),
+        pct(a.five_hour)
+    ));
     let _ = out(&format!("{line}\n"));
 }
 
@@ -453,7 +509,9 @@ const CLAUDE_MD_LINE: &str = "- Route work per the freellmapi MCP server's instr
 fn init(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("finding this program's path")?;
     let exe_s = exe.display().to_string();
-    let home = directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf()).context("finding the home directory")?;
+    let home = directories::BaseDirs::new()
+        .map(|b| b.home_dir().to_path_buf())
+        .context("finding the home directory")?;
     let mut changes: Vec<String> = Vec::new();
     let mut apply: Vec<Box<dyn FnOnce() -> anyhow::Result<()>>> = Vec::new();
 
@@ -462,7 +520,10 @@ fn init(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
         if path.exists() {
             changes.push(format!("config: {} exists, left as is", path.display()));
         } else {
-            changes.push(format!("config: write a commented template to {}", path.display()));
+            changes.push(format!(
+                "config: write a commented template to {}",
+                path.display()
+            ));
             apply.push(Box::new(move || {
                 if let Some(dir) = path.parent() {
                     fs_err::create_dir_all(dir)?;
@@ -476,15 +537,24 @@ fn init(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
     // 2. The statusLine, keeping any previous command behind --then.
     let settings_path = home.join(".claude").join("settings.json");
     let mut settings: serde_json::Value = match fs_err::read_to_string(&settings_path) {
-        Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is not valid JSON; fix it or move it aside", settings_path.display()))?,
+        Ok(t) => serde_json::from_str(&t).with_context(|| {
+            format!(
+                "{} is not valid JSON; fix it or move it aside",
+                settings_path.display()
+            )
+        })?,
         Err(_) => serde_json::json!({}),
     };
-    let current = settings.pointer("/statusLine/command").and_then(|c| c.as_str()).map(str::to_owned);
+    let current = settings
+        .pointer("/statusLine/command")
+        .and_then(|c| c.as_str())
+        .map(str::to_owned);
     let ours = format!("{} statusline", shell_quote(&exe_s));
     match current {
-        Some(c) if c.contains("freepool-mcp") && c.contains("statusline") => {
-            changes.push(format!("statusLine: already set in {}", settings_path.display()))
-        }
+        Some(c) if c.contains("freepool-mcp") && c.contains("statusline") => changes.push(format!(
+            "statusLine: already set in {}",
+            settings_path.display()
+        )),
         other => {
             let command = match &other {
                 Some(prev) => format!("{ours} --then {}", shell_quote(prev)),
@@ -493,16 +563,28 @@ fn init(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
             changes.push(format!(
                 "statusLine: set to `{command}` in {}{}",
                 settings_path.display(),
-                if other.is_some() { " (previous command kept behind --then, backup written)" } else { "" }
+                if other.is_some() {
+                    " (previous command kept behind --then, backup written)"
+                } else {
+                    ""
+                }
             ));
-            let obj = settings.as_object_mut().context("settings.json must hold a JSON object")?;
-            obj.insert("statusLine".into(), serde_json::json!({"type": "command", "command": command, "padding": 0}));
+            let obj = settings
+                .as_object_mut()
+                .context("settings.json must hold a JSON object")?;
+            obj.insert(
+                "statusLine".into(),
+                serde_json::json!({"type": "command", "command": command, "padding": 0}),
+            );
             let text = serde_json::to_string_pretty(&settings)?;
             let path = settings_path.clone();
             apply.push(Box::new(move || {
                 fs_err::create_dir_all(path.parent().expect("has a parent"))?;
                 if path.exists() {
-                    let backup = path.with_extension(format!("json.freepool-backup-{}", ledger::now_ms() / 1000));
+                    let backup = path.with_extension(format!(
+                        "json.freepool-backup-{}",
+                        ledger::now_ms() / 1000
+                    ));
                     fs_err::copy(&path, &backup)?;
                 }
                 write_atomic(&path, &text)
@@ -514,7 +596,8 @@ fn init(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
     if project {
         let path = PathBuf::from(".mcp.json");
         let mut doc: serde_json::Value = match fs_err::read_to_string(&path) {
-            Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is not valid JSON", path.display()))?,
+            Ok(t) => serde_json::from_str(&t)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?,
             Err(_) => serde_json::json!({}),
         };
         if doc.pointer(&format!("/mcpServers/{SERVER_NAME}")).is_some() {
@@ -529,7 +612,10 @@ fn init(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
             servers
                 .as_object_mut()
                 .context("mcpServers must be an object")?
-                .insert(SERVER_NAME.into(), serde_json::json!({"type": "stdio", "command": exe_s, "args": [], "env": {}}));
+                .insert(
+                    SERVER_NAME.into(),
+                    serde_json::json!({"type": "stdio", "command": exe_s, "args": [], "env": {}}),
+                );
             let text = serde_json::to_string_pretty(&doc)?;
             apply.push(Box::new(move || write_atomic(&path, &text)));
         }
@@ -543,9 +629,14 @@ fn init(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
                 .status()
                 .is_ok_and(|s| s.success())
         });
-        let add = format!("claude mcp add --scope user {SERVER_NAME} -- {}", shell_quote(&exe_s));
+        let add = format!(
+            "claude mcp add --scope user {SERVER_NAME} -- {}",
+            shell_quote(&exe_s)
+        );
         match (claude, registered) {
-            (Some(_), true) => changes.push(format!("register: {SERVER_NAME} already registered with Claude Code")),
+            (Some(_), true) => changes.push(format!(
+                "register: {SERVER_NAME} already registered with Claude Code"
+            )),
             (Some(c), false) => {
                 changes.push(format!("register: run `{add}`"));
                 let exe_s = exe_s.clone();
@@ -560,12 +651,18 @@ fn init(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
                     Ok(())
                 }));
             }
-            (None, _) => changes.push(format!("register: Claude Code is not on PATH; run this once it is: {add}")),
+            (None, _) => changes.push(format!(
+                "register: Claude Code is not on PATH; run this once it is: {add}"
+            )),
         }
     }
 
     // 4. The rubric's pointer in CLAUDE.md.
-    let md = if project { PathBuf::from("CLAUDE.md") } else { home.join(".claude").join("CLAUDE.md") };
+    let md = if project {
+        PathBuf::from("CLAUDE.md")
+    } else {
+        home.join(".claude").join("CLAUDE.md")
+    };
     let existing = fs_err::read_to_string(&md).unwrap_or_default();
     if existing.contains("<!-- freepool-mcp -->") {
         changes.push(format!("CLAUDE.md: pointer already in {}", md.display()));
@@ -575,7 +672,11 @@ fn init(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
             if let Some(dir) = md.parent().filter(|d| !d.as_os_str().is_empty()) {
                 fs_err::create_dir_all(dir)?;
             }
-            let sep = if existing.is_empty() || existing.ends_with('\n') { "" } else { "\n" };
+            let sep = if existing.is_empty() || existing.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
             write_atomic(&md, &format!("{existing}{sep}{CLAUDE_MD_LINE}\n"))
         }));
     }
@@ -601,7 +702,9 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn shell_quote(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-=:".contains(c))
+    {
         s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -609,7 +712,11 @@ fn shell_quote(s: &str) -> String {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 #[cfg(test)]
@@ -624,7 +731,10 @@ mod tests {
 
     #[test]
     fn quoting_for_the_shell() {
-        assert_eq!(shell_quote("/usr/bin/freepool-mcp"), "/usr/bin/freepool-mcp");
+        assert_eq!(
+            shell_quote("/usr/bin/freepool-mcp"),
+            "/usr/bin/freepool-mcp"
+        );
         assert_eq!(shell_quote("echo 'hi' | x"), "'echo '\\''hi'\\'' | x'");
     }
 }

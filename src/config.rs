@@ -493,9 +493,9 @@ impl Provider {
 
     /// Whether a key is, or may be (an unresolved command), available.
     pub fn has_key_or_command(&self) -> bool {
-        self.keys
-            .iter()
-            .any(|k| k.key.is_some() || (matches!(k.source, KeySource::Command(_)) && k.problem.is_none()))
+        self.keys.iter().any(|k| {
+            k.key.is_some() || (matches!(k.source, KeySource::Command(_)) && k.problem.is_none())
+        })
     }
 }
 
@@ -575,10 +575,17 @@ pub fn load_from(user: Option<&Path>, env_lookup: &dyn Fn(&str) -> Option<String
                         merge(&mut doc, overlay);
                         user_text = text;
                     }
-                    Err(e) => problems.push(e),
+                    Err(e) => {
+                        // The user's wishes are unknown (a provider they turned off
+                        // for privacy, say): enable nothing until the file is fixed.
+                        doc.providers.clear();
+                        problems.push(e);
+                    }
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os(env::CONFIG).is_none() => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::env::var_os(env::CONFIG).is_none() => {}
             Err(e) => problems.push(ConfigError {
                 origin: path.to_path_buf(),
                 line: None,
@@ -768,12 +775,20 @@ fn resolve_settings(
         exclude_training: s.exclude_training.unwrap_or(d.exclude_training),
         budget_mode: s.budget_mode.clone(),
         max_attempts: s.max_attempts.unwrap_or(d.max_attempts),
-        call_timeout: s.call_timeout_secs.map(Duration::from_secs).unwrap_or(d.call_timeout),
+        call_timeout: s
+            .call_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(d.call_timeout),
         output_reserve: s.output_reserve.unwrap_or(d.output_reserve),
-        max_wait: s.max_wait_secs.map(Duration::from_secs).unwrap_or(d.max_wait),
+        max_wait: s
+            .max_wait_secs
+            .map(Duration::from_secs)
+            .unwrap_or(d.max_wait),
         fanout_concurrency: s.fanout_concurrency.unwrap_or(d.fanout_concurrency),
         fanout_max_concurrency: s.fanout_max_concurrency.unwrap_or(d.fanout_max_concurrency),
-        fanout_max_chars_per_task: s.fanout_max_chars_per_task.unwrap_or(d.fanout_max_chars_per_task),
+        fanout_max_chars_per_task: s
+            .fanout_max_chars_per_task
+            .unwrap_or(d.fanout_max_chars_per_task),
     };
     let mut bad = |key: &str, msg: &str| {
         let (origin, line) = locate(&format!("settings.{key}"));
@@ -792,7 +807,10 @@ fn resolve_settings(
         out.fanout_max_concurrency = d.fanout_max_concurrency;
     }
     if out.fanout_concurrency == 0 || out.fanout_concurrency > out.fanout_max_concurrency {
-        bad("fanout_concurrency", "must be between 1 and fanout_max_concurrency; using 4");
+        bad(
+            "fanout_concurrency",
+            "must be between 1 and fanout_max_concurrency; using 4",
+        );
         out.fanout_concurrency = d.fanout_concurrency.min(out.fanout_max_concurrency);
     }
     out
@@ -807,7 +825,11 @@ fn resolve_provider(
 ) -> Result<Option<Provider>, ConfigError> {
     let path = format!("providers.{id}");
     let err = |key: &str, message: String| {
-        let full = if key.is_empty() { path.clone() } else { format!("{path}.{key}") };
+        let full = if key.is_empty() {
+            path.clone()
+        } else {
+            format!("{path}.{key}")
+        };
         let (origin, line) = locate(&full);
         ConfigError {
             origin,
@@ -820,16 +842,21 @@ fn resolve_provider(
         .try_into()
         .map_err(|e: toml::de::Error| err("", e.message().trim().to_owned()))?;
     if !is_valid_id(id) {
-        return Err(err("", "ids may use letters, digits, '-' and '_' only".into()));
+        return Err(err(
+            "",
+            "ids may use letters, digits, '-' and '_' only".into(),
+        ));
     }
     if raw.enabled == Some(false) {
         return Ok(None);
     }
     let name = raw.name.clone().unwrap_or_else(|| id.to_owned());
-    let template = raw
-        .base_url
-        .clone()
-        .ok_or_else(|| err("base_url", "missing (an OpenAI-compatible URL ending before /chat/completions)".into()))?;
+    let template = raw.base_url.clone().ok_or_else(|| {
+        err(
+            "base_url",
+            "missing (an OpenAI-compatible URL ending before /chat/completions)".into(),
+        )
+    })?;
     let local = raw.local.unwrap_or(false);
     check_url(&template, local).map_err(|m| err("base_url", m))?;
     let (base_url, missing_vars) = fill_vars(&template, raw.vars.as_ref(), env_lookup);
@@ -837,7 +864,12 @@ fn resolve_provider(
         "bearer" => Auth::Bearer,
         "optional" => Auth::Optional,
         "none" => Auth::None,
-        other => return Err(err("auth", format!("`{other}` is not one of bearer, optional, none"))),
+        other => {
+            return Err(err(
+                "auth",
+                format!("`{other}` is not one of bearer, optional, none"),
+            ));
+        }
     };
     if auth != Auth::Bearer && !settings.keyless && !local {
         // `[settings] keyless = false` turns every anonymous provider off.
@@ -890,13 +922,15 @@ fn resolve_provider(
     let month_reset = parse_reset(raw.month_reset.as_deref()).map_err(|m| err("month_reset", m))?;
     let mut pools = Vec::new();
     for (pid, pv) in &raw.pools {
-        let pf: PoolFile = pv
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| err(&format!("pools.{pid}"), e.message().trim().to_owned()))?;
+        let pf: PoolFile = pv.clone().try_into().map_err(|e: toml::de::Error| {
+            err(&format!("pools.{pid}"), e.message().trim().to_owned())
+        })?;
         let limits = limits_of(pf.limits.unwrap_or_default(), day_reset, month_reset);
         if limits.is_empty() {
-            return Err(err(&format!("pools.{pid}.limits"), "a pool needs at least one limit".into()));
+            return Err(err(
+                &format!("pools.{pid}.limits"),
+                "a pool needs at least one limit".into(),
+            ));
         }
         if let Some(ms) = &pf.models
             && let Some(unknown) = ms.iter().find(|m| !raw.models.contains_key(*m))
@@ -922,11 +956,17 @@ fn resolve_provider(
         if mf.enabled == Some(false) {
             continue;
         }
-        let context = mf
-            .context
-            .ok_or_else(|| err(&format!("{mpath}.context"), "missing (the context window in tokens)".into()))?;
+        let context = mf.context.ok_or_else(|| {
+            err(
+                &format!("{mpath}.context"),
+                "missing (the context window in tokens)".into(),
+            )
+        })?;
         if context < 256 {
-            return Err(err(&format!("{mpath}.context"), format!("{context} tokens is too small to be real")));
+            return Err(err(
+                &format!("{mpath}.context"),
+                format!("{context} tokens is too small to be real"),
+            ));
         }
         let max_output = mf.max_output.unwrap_or((context / 4).min(8192));
         if max_output == 0 || max_output > context {
@@ -937,7 +977,10 @@ fn resolve_provider(
         }
         let tier = mf.tier.unwrap_or(3);
         if !(1..=4).contains(&tier) {
-            return Err(err(&format!("{mpath}.tier"), format!("{tier} is not between 1 and 4")));
+            return Err(err(
+                &format!("{mpath}.tier"),
+                format!("{tier} is not between 1 and 4"),
+            ));
         }
         models.push(Model {
             id: mid.clone(),
@@ -984,7 +1027,9 @@ fn resolve_provider(
 }
 
 fn env_slot(var: &str, env_lookup: &dyn Fn(&str) -> Option<String>) -> KeySlot {
-    let key = env_lookup(var).filter(|v| !v.trim().is_empty()).map(|v| ApiKey::new(&v));
+    let key = env_lookup(var)
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| ApiKey::new(&v));
     KeySlot {
         source: KeySource::Env(var.to_owned()),
         problem: key.is_none().then(|| format!("${var} is not set")),
@@ -993,7 +1038,10 @@ fn env_slot(var: &str, env_lookup: &dyn Fn(&str) -> Option<String>) -> KeySlot {
 }
 
 fn is_valid_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Remote providers must use https; plain http and loopback hosts need `local = true`.
@@ -1002,18 +1050,27 @@ fn check_url(url: &str, local: bool) -> Result<(), String> {
         r
     } else if let Some(r) = url.strip_prefix("http://") {
         if !local {
-            return Err(format!("`{url}` is plain http; set `local = true` if it is a server on this machine"));
+            return Err(format!(
+                "`{url}` is plain http; set `local = true` if it is a server on this machine"
+            ));
         }
         r
     } else {
-        return Err(format!("`{url}` must start with https:// (or http:// with `local = true`)"));
+        return Err(format!(
+            "`{url}` must start with https:// (or http:// with `local = true`)"
+        ));
     };
     let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| host_without_port(h));
+    let host = host
+        .rsplit_once('@')
+        .map_or(host, |(_, h)| host_without_port(h));
     let host = host_without_port(host);
-    let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]" || host == "0.0.0.0";
+    let loopback =
+        host == "localhost" || host.starts_with("127.") || host == "[::1]" || host == "0.0.0.0";
     if loopback && !local {
-        return Err(format!("`{url}` points at this machine; set `local = true` to allow it"));
+        return Err(format!(
+            "`{url}` points at this machine; set `local = true` to allow it"
+        ));
     }
     Ok(())
 }
@@ -1071,7 +1128,12 @@ fn limits_of(l: LimitsFile, day: Reset, month: Reset) -> Vec<Limit> {
                 Window::Day => day,
                 Window::Month => month,
             };
-            max.map(|max| Limit { axis, window, max, reset })
+            max.map(|max| Limit {
+                axis,
+                window,
+                max,
+                reset,
+            })
         })
         .collect()
 }
@@ -1123,8 +1185,14 @@ mod tests {
         let live = cat.providers.iter().filter(|p| p.id != "local").count();
         assert!(live >= 14, "only {live} providers");
         assert!(cat.models().count() >= 60);
-        assert!(cat.provider("local").is_none(), "local is off until enabled");
-        assert!(cat.provider("github").is_none(), "GitHub Models are gone upstream");
+        assert!(
+            cat.provider("local").is_none(),
+            "local is off until enabled"
+        );
+        assert!(
+            cat.provider("github").is_none(),
+            "GitHub Models are gone upstream"
+        );
     }
 
     #[test]
@@ -1145,9 +1213,17 @@ mod tests {
         assert_eq!(or.pools[0].limits[0].key(), "rpd");
         assert!(or.pools[0].covers("qwen/qwen3-coder:free"));
         let google = cat.provider("google").unwrap();
-        let rpd = google.models[0].limits.iter().find(|l| l.key() == "rpd").unwrap();
+        let rpd = google.models[0]
+            .limits
+            .iter()
+            .find(|l| l.key() == "rpd")
+            .unwrap();
         assert_eq!(rpd.reset, Reset::Midnight(chrono_tz::America::Los_Angeles));
-        let rpm = google.models[0].limits.iter().find(|l| l.key() == "rpm").unwrap();
+        let rpm = google.models[0]
+            .limits
+            .iter()
+            .find(|l| l.key() == "rpm")
+            .unwrap();
         assert_eq!(rpm.reset, Reset::Rolling);
     }
 
@@ -1170,11 +1246,20 @@ enabled = false
         assert!(cat.provider("cerebras").is_none());
         let groq = cat.provider("groq").unwrap();
         assert!(!groq.models.iter().any(|m| m.id == "groq/compound"));
-        let llama = groq.models.iter().find(|m| m.id == "llama-3.3-70b-versatile").unwrap();
+        let llama = groq
+            .models
+            .iter()
+            .find(|m| m.id == "llama-3.3-70b-versatile")
+            .unwrap();
         let rpd = llama.limits.iter().find(|l| l.key() == "rpd").unwrap();
         assert_eq!(rpd.max, 10);
         // Untouched keys of the same table survive the merge.
-        assert!(llama.limits.iter().any(|l| l.key() == "tpm" && l.max == 12000));
+        assert!(
+            llama
+                .limits
+                .iter()
+                .any(|l| l.key() == "tpm" && l.max == 12000)
+        );
         assert_eq!(llama.context, 131072);
     }
 
@@ -1203,44 +1288,77 @@ context = 8192
         assert!(cat.problems.is_empty(), "{:?}", cat.problems);
         let p = cat.provider("mine").unwrap();
         assert_eq!(p.keys.len(), 3);
-        assert_eq!(p.usable_keys().count(), 2, "the command waits until first use");
+        assert_eq!(
+            p.usable_keys().count(),
+            2,
+            "the command waits until first use"
+        );
         let mut slot = p.keys[2].clone();
         slot.resolve();
         assert_eq!(slot.key.unwrap().expose(), "cmd-secret");
     }
 
     #[test]
-    fn syntax_error_names_file_and_line_and_keeps_builtin() {
+    fn syntax_error_names_file_and_line_and_enables_nothing() {
         let cat = load_user("[providers.groq]\nname = \"unterminated\n", &no_env);
         assert_eq!(cat.problems.len(), 1);
         let msg = cat.problems[0].to_string();
         assert!(msg.contains("providers.toml:2"), "{msg}");
-        assert!(cat.provider("groq").is_some(), "built-in catalog still loaded");
+        assert!(
+            cat.providers.is_empty(),
+            "nothing is sent while the user's file is unreadable"
+        );
+        assert!(cat.settings.keyless, "settings fall back to defaults");
     }
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let cat = load_user("\n\n[providers.groq.models.\"llama-3.3-70b-versatile\"]\ncontxt = 5\n", &no_env);
+        let cat = load_user(
+            "\n\n[providers.groq.models.\"llama-3.3-70b-versatile\"]\ncontxt = 5\n",
+            &no_env,
+        );
         let msg = cat.problems[0].to_string();
         assert!(msg.contains("contxt"), "{msg}");
         assert!(msg.contains("providers.toml:"), "{msg}");
         assert!(msg.contains("providers.groq.models"), "{msg}");
-        assert!(cat.provider("groq").is_none(), "the broken provider is dropped, not the rest");
+        assert!(
+            cat.provider("groq").is_none(),
+            "the broken provider is dropped, not the rest"
+        );
         assert!(cat.provider("cerebras").is_some());
     }
 
     #[test]
     fn bad_values_name_the_key() {
         let cases = [
-            ("[providers.x]\nbase_url = \"ftp://a\"\n[providers.x.models.m]\ncontext = 4096\n", "providers.x.base_url"),
-            ("[providers.x]\nbase_url = \"http://127.0.0.1:9/v1\"\n[providers.x.models.m]\ncontext = 4096\n", "local = true"),
-            ("[providers.x]\nbase_url = \"https://a/v1\"\n[providers.x.models.m]\n", "models.\"m\".context"),
-            ("[providers.x]\nbase_url = \"https://a/v1\"\nday_reset = \"Mars/Base\"\n[providers.x.models.m]\ncontext = 4096\n", "day_reset"),
-            ("[providers.x]\nbase_url = \"https://a/v1\"\n[providers.x.models.m]\ncontext = 4096\ntier = 9\n", "tier"),
+            (
+                "[providers.x]\nbase_url = \"ftp://a\"\n[providers.x.models.m]\ncontext = 4096\n",
+                "providers.x.base_url",
+            ),
+            (
+                "[providers.x]\nbase_url = \"http://127.0.0.1:9/v1\"\n[providers.x.models.m]\ncontext = 4096\n",
+                "local = true",
+            ),
+            (
+                "[providers.x]\nbase_url = \"https://a/v1\"\n[providers.x.models.m]\n",
+                "models.\"m\".context",
+            ),
+            (
+                "[providers.x]\nbase_url = \"https://a/v1\"\nday_reset = \"Mars/Base\"\n[providers.x.models.m]\ncontext = 4096\n",
+                "day_reset",
+            ),
+            (
+                "[providers.x]\nbase_url = \"https://a/v1\"\n[providers.x.models.m]\ncontext = 4096\ntier = 9\n",
+                "tier",
+            ),
         ];
         for (text, want) in cases {
             let cat = load_user(text, &no_env);
-            let msg = cat.problems.first().map(|p| p.to_string()).unwrap_or_default();
+            let msg = cat
+                .problems
+                .first()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             assert!(msg.contains(want), "{text:?}: {msg}");
             assert!(msg.contains("providers.toml:"), "{msg}");
         }
@@ -1250,9 +1368,17 @@ context = 8192
     fn placeholders_fill_from_env_or_are_reported() {
         let env = |n: &str| (n == "CLOUDFLARE_ACCOUNT_ID").then(|| "acc123".to_owned());
         let cat = load_from(None, &env);
-        assert!(cat.provider("cloudflare").unwrap().base_url.contains("/accounts/acc123/"));
+        assert!(
+            cat.provider("cloudflare")
+                .unwrap()
+                .base_url
+                .contains("/accounts/acc123/")
+        );
         let cat = load_from(None, &no_env);
-        assert_eq!(cat.provider("cloudflare").unwrap().missing_vars, vec!["CLOUDFLARE_ACCOUNT_ID"]);
+        assert_eq!(
+            cat.provider("cloudflare").unwrap().missing_vars,
+            vec!["CLOUDFLARE_ACCOUNT_ID"]
+        );
     }
 
     #[test]
@@ -1264,7 +1390,8 @@ context = 8192
 
     #[test]
     fn alias_env_vars_do_not_double_a_key() {
-        let env = |n: &str| matches!(n, "GEMINI_API_KEY" | "GOOGLE_API_KEY").then(|| "same".to_owned());
+        let env =
+            |n: &str| matches!(n, "GEMINI_API_KEY" | "GOOGLE_API_KEY").then(|| "same".to_owned());
         let cat = load_from(None, &env);
         assert_eq!(cat.provider("google").unwrap().usable_keys().count(), 1);
     }

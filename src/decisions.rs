@@ -23,7 +23,9 @@ pub const MAX_GIST: usize = 200;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file cannot be opened or written.
-    #[error("the decision log at {path} cannot be written ({reason}); set FREEPOOL_STATE_DIR to a writable directory")]
+    #[error(
+        "the decision log at {path} cannot be written ({reason}); set FREEPOOL_STATE_DIR to a writable directory"
+    )]
     Unwritable {
         /// The file.
         path: PathBuf,
@@ -84,7 +86,9 @@ pub struct Log {
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("session", &self.session).finish()
+        f.debug_struct("Log")
+            .field("session", &self.session)
+            .finish()
     }
 }
 
@@ -92,7 +96,10 @@ impl Log {
     /// Opens (or creates) `decisions.sqlite` in `dir`.
     pub fn open(dir: &Path, session: Option<String>) -> Result<Log, Error> {
         let path = dir.join("decisions.sqlite");
-        let unwritable = |reason: String| Error::Unwritable { path: path.clone(), reason };
+        let unwritable = |reason: String| Error::Unwritable {
+            path: path.clone(),
+            reason,
+        };
         crate::config::ensure_state_dir(dir).map_err(|e| unwritable(e.kind().to_string()))?;
         let conn = Connection::open(&path).map_err(|e| unwritable(e.to_string()))?;
         let setup = || -> rusqlite::Result<()> {
@@ -117,7 +124,10 @@ impl Log {
             )
         };
         setup().map_err(|e| unwritable(e.to_string()))?;
-        Ok(Log { conn: Arc::new(Mutex::new(conn)), session })
+        Ok(Log {
+            conn: Arc::new(Mutex::new(conn)),
+            session,
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
@@ -140,13 +150,25 @@ impl Log {
 
     /// Sets the outcome of an earlier decision (Claude read the answer later).
     pub fn set_outcome(&self, id: i64, outcome: &str) -> Result<(), Error> {
-        let n = self.with(|c| c.execute("UPDATE decisions SET outcome = ?2 WHERE id = ?1", params![id, outcome]))?;
-        if n == 0 { Err(Error::NotFound(id)) } else { Ok(()) }
+        let n = self.with(|c| {
+            c.execute(
+                "UPDATE decisions SET outcome = ?2 WHERE id = ?1",
+                params![id, outcome],
+            )
+        })?;
+        if n == 0 {
+            Err(Error::NotFound(id))
+        } else {
+            Ok(())
+        }
     }
 
     /// Reads one decision.
     pub fn get(&self, id: i64) -> Result<Option<Row>, Error> {
-        self.with(|c| c.query_row(&format!("{SELECT} WHERE id = ?1"), [id], row).optional())
+        self.with(|c| {
+            c.query_row(&format!("{SELECT} WHERE id = ?1"), [id], row)
+                .optional()
+        })
     }
 
     /// All decisions, oldest first.
@@ -224,7 +246,9 @@ pub fn stats(rows: &[Row]) -> Stats {
     let d = |r: &Row| r.decision.clone();
     let mut acc = std::collections::BTreeMap::<String, (usize, usize)>::new();
     for r in rows.iter().filter(|r| r.decision.route == "pool") {
-        let (Some(model), Some(outcome)) = (&r.decision.model, &r.decision.outcome) else { continue };
+        let (Some(model), Some(outcome)) = (&r.decision.model, &r.decision.outcome) else {
+            continue;
+        };
         let e = acc.entry(model.clone()).or_default();
         match outcome.as_str() {
             "accepted" => {
@@ -239,10 +263,19 @@ pub fn stats(rows: &[Row]) -> Stats {
         total: rows.len(),
         by_route: tally(rows.iter().map(|r| r.decision.route.as_str())),
         by_band: tally(rows.iter().map(|r| band(r.decision.score))),
-        by_gate: tally(rows.iter().map(|r| r.decision.gate.as_deref().unwrap_or("none"))),
-        by_task_type: tally(rows.iter().map(|r| r.decision.task_type.as_deref().unwrap_or("unspecified"))),
+        by_gate: tally(
+            rows.iter()
+                .map(|r| r.decision.gate.as_deref().unwrap_or("none")),
+        ),
+        by_task_type: tally(
+            rows.iter()
+                .map(|r| r.decision.task_type.as_deref().unwrap_or("unspecified")),
+        ),
         acceptance: acc.into_iter().map(|(m, (a, j))| (m, a, j)).collect(),
-        capability_hits: rows.iter().filter(|r| d(r).gate.as_deref() == Some("capability")).count(),
+        capability_hits: rows
+            .iter()
+            .filter(|r| d(r).gate.as_deref() == Some("capability"))
+            .count(),
     }
 }
 
@@ -294,11 +327,14 @@ pub fn to_csv(rows: &[Row]) -> String {
     fn q(s: Option<&str>) -> String {
         match s {
             None => String::new(),
-            Some(s) if s.contains([',', '"', '\n', '\r']) => format!("\"{}\"", s.replace('"', "\"\"")),
+            Some(s) if s.contains([',', '"', '\n', '\r']) => {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            }
             Some(s) => s.to_owned(),
         }
     }
-    let mut out = String::from("id,time,task,task_type,score,route,gate,model,outcome,budget_mode\n");
+    let mut out =
+        String::from("id,time,task,task_type,score,route,gate,model,outcome,budget_mode\n");
     for e in examples(rows) {
         let score = e.score.map(|s| s.to_string());
         let fields = [
@@ -339,29 +375,53 @@ mod tests {
     fn record_update_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), Some("sess-1".into())).unwrap();
-        let id = log.record(&Decision { gist: "x".repeat(500), ..decision("pool", 2, Some("groq/m"), None) }, 1000).unwrap();
+        let id = log
+            .record(
+                &Decision {
+                    gist: "x".repeat(500),
+                    ..decision("pool", 2, Some("groq/m"), None)
+                },
+                1000,
+            )
+            .unwrap();
         log.set_outcome(id, "accepted").unwrap();
         let row = log.get(id).unwrap().unwrap();
         assert_eq!(row.decision.gist.len(), MAX_GIST);
         assert_eq!(row.decision.outcome.as_deref(), Some("accepted"));
         assert_eq!(row.session.as_deref(), Some("sess-1"));
-        assert!(matches!(log.set_outcome(9999, "redone"), Err(Error::NotFound(9999))));
+        assert!(matches!(
+            log.set_outcome(9999, "redone"),
+            Err(Error::NotFound(9999))
+        ));
     }
 
     #[test]
     fn stats_by_route_band_gate_and_acceptance() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), None).unwrap();
-        log.record(&decision("pool", 2, Some("a/m"), Some("accepted")), 1).unwrap();
-        log.record(&decision("pool", 5, Some("a/m"), Some("redone")), 2).unwrap();
-        log.record(&decision("pool", 3, Some("b/m"), Some("accepted")), 3).unwrap();
-        log.record(&Decision { gate: Some("capability".into()), ..decision("claude", 4, None, None) }, 4).unwrap();
+        log.record(&decision("pool", 2, Some("a/m"), Some("accepted")), 1)
+            .unwrap();
+        log.record(&decision("pool", 5, Some("a/m"), Some("redone")), 2)
+            .unwrap();
+        log.record(&decision("pool", 3, Some("b/m"), Some("accepted")), 3)
+            .unwrap();
+        log.record(
+            &Decision {
+                gate: Some("capability".into()),
+                ..decision("claude", 4, None, None)
+            },
+            4,
+        )
+        .unwrap();
         log.record(&decision("claude", 9, None, None), 5).unwrap();
         let s = stats(&log.all().unwrap());
         assert_eq!(s.total, 5);
         assert_eq!(s.by_route, vec![("pool".into(), 3), ("claude".into(), 2)]);
         assert!(s.by_band.contains(&("9-10 critical".into(), 1)));
-        assert_eq!(s.acceptance, vec![("a/m".into(), 1, 2), ("b/m".into(), 1, 1)]);
+        assert_eq!(
+            s.acceptance,
+            vec![("a/m".into(), 1, 2), ("b/m".into(), 1, 1)]
+        );
         assert_eq!(s.capability_hits, 1);
     }
 
@@ -375,7 +435,8 @@ mod tests {
                     // Separate connections, as separate processes would have.
                     let log = Log::open(&path, Some(format!("s{t}"))).unwrap();
                     for i in 0..50 {
-                        log.record(&decision("pool", 1 + (i % 10) as u8, None, None), i).unwrap();
+                        log.record(&decision("pool", 1 + (i % 10) as u8, None, None), i)
+                            .unwrap();
                     }
                 })
             })
@@ -391,8 +452,21 @@ mod tests {
     fn csv_quotes_fields() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), None).unwrap();
-        log.record(&Decision { gist: "convert \"a, b\" to c".into(), ..decision("pool", 2, None, None) }, 0).unwrap();
+        log.record(
+            &Decision {
+                gist: "convert \"a, b\" to c".into(),
+                ..decision("pool", 2, None, None)
+            },
+            0,
+        )
+        .unwrap();
         let csv = to_csv(&log.all().unwrap());
-        assert!(csv.lines().nth(1).unwrap().contains("\"convert \"\"a, b\"\" to c\""), "{csv}");
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .contains("\"convert \"\"a, b\"\" to c\""),
+            "{csv}"
+        );
     }
 }

@@ -141,12 +141,25 @@ pub enum Error {
 }
 
 fn refusal_text(findings: &[(String, Finding)]) -> String {
-    let list: Vec<String> = findings.iter().take(8).map(|(field, f)| format!("{} in {field} at line {}, column {}", f.kind, f.line, f.column)).collect();
+    let list: Vec<String> = findings
+        .iter()
+        .take(8)
+        .map(|(field, f)| {
+            format!(
+                "{} in {field} at line {}, column {}",
+                f.kind, f.line, f.column
+            )
+        })
+        .collect();
     let more = findings.len().saturating_sub(8);
     format!(
         "refused: the text carries a secret ({}{}). Nothing was sent. Keep this task on Claude, or remove the secret and delegate again.",
         list.join("; "),
-        if more > 0 { format!("; and {more} more") } else { String::new() }
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -155,8 +168,18 @@ fn when(t: Millis, now: Millis) -> String {
     format!("{} ({})", budget::iso(t / 1000), budget::relative(secs))
 }
 
-fn no_capacity_text(rejected: &[Rejection], attempts: &[Attempt], soonest: Option<Millis>, now: Millis) -> String {
+fn no_capacity_text(
+    rejected: &[Rejection],
+    attempts: &[Attempt],
+    soonest: Option<Millis>,
+    now: Millis,
+) -> String {
     let mut out = String::from("no model can take this request now.");
+    if rejected.is_empty() && attempts.is_empty() {
+        out.push_str(
+            "\nno provider is enabled (see the config problems below, or `freepool-mcp check`).",
+        );
+    }
     if !attempts.is_empty() {
         out.push_str(&format!("\nattempts:\n{}", attempt_lines(attempts)));
     }
@@ -168,7 +191,10 @@ fn no_capacity_text(rejected: &[Rejection], attempts: &[Attempt], soonest: Optio
             router::Reason::NoKey(_) | router::Reason::MissingVar(_) => {
                 let provider = r.id.split('/').next().unwrap_or("").to_owned();
                 let reason = r.reason.to_string();
-                match grouped.iter_mut().find(|(p, why, _)| *p == provider && *why == reason) {
+                match grouped
+                    .iter_mut()
+                    .find(|(p, why, _)| *p == provider && *why == reason)
+                {
                     Some(g) => g.2 += 1,
                     None => grouped.push((provider, reason, 1)),
                 }
@@ -179,7 +205,10 @@ fn no_capacity_text(rejected: &[Rejection], attempts: &[Attempt], soonest: Optio
     if !singles.is_empty() {
         out.push_str("\nwhy each candidate cannot:");
         for r in singles.iter().take(15) {
-            let back = r.frees_at.map(|t| format!("; room again {}", when(t, now))).unwrap_or_default();
+            let back = r
+                .frees_at
+                .map(|t| format!("; room again {}", when(t, now)))
+                .unwrap_or_default();
             out.push_str(&format!("\n- {}: {}{back}", r.id, r.reason));
         }
         if singles.len() > 15 {
@@ -189,7 +218,10 @@ fn no_capacity_text(rejected: &[Rejection], attempts: &[Attempt], soonest: Optio
     if !grouped.is_empty() {
         out.push_str("\nnot configured:");
         for (p, why, n) in grouped.iter().take(20) {
-            out.push_str(&format!("\n- {p} ({n} model{}): {why}", if *n == 1 { "" } else { "s" }));
+            out.push_str(&format!(
+                "\n- {p} ({n} model{}): {why}",
+                if *n == 1 { "" } else { "s" }
+            ));
         }
     }
     match soonest {
@@ -204,12 +236,25 @@ fn no_capacity_text(rejected: &[Rejection], attempts: &[Attempt], soonest: Optio
 }
 
 fn attempt_lines(attempts: &[Attempt]) -> String {
-    attempts.iter().enumerate().map(|(i, a)| format!("  {}. {}: {} ({} ms)", i + 1, a.model, a.outcome, a.ms)).collect::<Vec<_>>().join("\n")
+    attempts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("  {}. {}: {} ({} ms)", i + 1, a.model, a.outcome, a.ms))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn exhausted_text(attempts: &[Attempt], timed_out: bool) -> String {
-    let why = if timed_out { "the call's time budget ran out" } else { "every allowed attempt failed" };
-    format!("the pool could not answer: {why} after {} attempt(s):\n{}\nkeep this task on Claude or try again later.", attempts.len(), attempt_lines(attempts))
+    let why = if timed_out {
+        "the call's time budget ran out"
+    } else {
+        "every allowed attempt failed"
+    };
+    format!(
+        "the pool could not answer: {why} after {} attempt(s):\n{}\nkeep this task on Claude or try again later.",
+        attempts.len(),
+        attempt_lines(attempts)
+    )
 }
 
 /// One fanout task.
@@ -256,7 +301,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("state_dir", &self.state_dir).finish()
+        f.debug_struct("Engine")
+            .field("state_dir", &self.state_dir)
+            .finish()
     }
 }
 
@@ -269,8 +316,17 @@ impl Engine {
             state_dir,
             ledger: OnceLock::new(),
             log: OnceLock::new(),
-            rotation: AtomicU64::new(std::process::id() as u64),
-            session: std::env::var(crate::config::env::SESSION_ID).ok().filter(|s| !s.is_empty()),
+            // Processes start at different points of the rotation, so equal
+            // candidates share the load across sessions too.
+            rotation: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos() as u64)
+                    ^ std::process::id() as u64,
+            ),
+            session: std::env::var(crate::config::env::SESSION_ID)
+                .ok()
+                .filter(|s| !s.is_empty()),
             budget_env: std::env::var(crate::config::env::BUDGET_MODE).ok(),
         }
     }
@@ -290,7 +346,11 @@ impl Engine {
         self.resolved
             .get_or_init(|| async {
                 let base = self.catalog.clone();
-                if !base.providers.iter().any(|p| p.keys.iter().any(|k| matches!(k.source, crate::config::KeySource::Command(_)))) {
+                if !base.providers.iter().any(|p| {
+                    p.keys
+                        .iter()
+                        .any(|k| matches!(k.source, crate::config::KeySource::Command(_)))
+                }) {
                     return base;
                 }
                 let resolved = tokio::task::spawn_blocking(move || {
@@ -323,16 +383,26 @@ impl Engine {
     /// The decision log, opened on first use.
     pub fn log(&self) -> Result<&decisions::Log, Error> {
         self.log
-            .get_or_init(|| decisions::Log::open(&self.state_dir, self.session.clone()).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                decisions::Log::open(&self.state_dir, self.session.clone())
+                    .map_err(|e| e.to_string())
+            })
             .as_ref()
             .map_err(|e| Error::State(e.clone()))
     }
 
     /// Claude's budget, assessed now.
     pub fn budget(&self) -> Assessment {
-        let pinned = budget::pinned_mode(self.budget_env.as_deref(), self.catalog.settings.budget_mode.as_deref());
+        let pinned = budget::pinned_mode(
+            self.budget_env.as_deref(),
+            self.catalog.settings.budget_mode.as_deref(),
+        );
         let snap = budget::load(&self.state_dir);
-        let mut a = budget::assess(snap.as_ref(), pinned.clone().unwrap_or(None), now_ms() / 1000);
+        let mut a = budget::assess(
+            snap.as_ref(),
+            pinned.clone().unwrap_or(None),
+            now_ms() / 1000,
+        );
         if let Err(problem) = pinned {
             a.advice = format!("{problem}; ignoring it. {}", a.advice);
         }
@@ -341,13 +411,20 @@ impl Engine {
 
     /// Providers worth reading usage for: those that could serve at all.
     fn usable_providers(catalog: &Catalog) -> Vec<&Provider> {
-        catalog.providers.iter().filter(|p| router::is_usable(p)).collect()
+        catalog
+            .providers
+            .iter()
+            .filter(|p| router::is_usable(p))
+            .collect()
     }
 
     /// A usage snapshot over the usable providers.
     pub async fn snapshot(&self, catalog: &Catalog) -> Result<ledger::UsageSnapshot, Error> {
         let ledger = self.ledger()?.clone();
-        let providers: Vec<Provider> = Self::usable_providers(catalog).into_iter().cloned().collect();
+        let providers: Vec<Provider> = Self::usable_providers(catalog)
+            .into_iter()
+            .cloned()
+            .collect();
         let now = now_ms();
         tokio::task::spawn_blocking(move || {
             let refs: Vec<&Provider> = providers.iter().collect();
@@ -360,19 +437,33 @@ impl Engine {
 
     /// Scans every outgoing text; returns the findings with the field they were in.
     pub fn scan(fields: &[(&str, &str)]) -> Vec<(String, Finding)> {
-        fields.iter().flat_map(|(name, text)| gate::scan(text).into_iter().map(move |f| (name.to_string(), f))).collect()
+        fields
+            .iter()
+            .flat_map(|(name, text)| {
+                gate::scan(text)
+                    .into_iter()
+                    .map(move |f| (name.to_string(), f))
+            })
+            .collect()
     }
 
     /// Runs one completion through the pool.
     pub async fn delegate(&self, req: DelegateRequest) -> Result<Served, Error> {
-        let findings = Self::scan(&[("prompt", &req.prompt), ("system", req.system.as_deref().unwrap_or(""))]);
+        let findings = Self::scan(&[
+            ("prompt", &req.prompt),
+            ("system", req.system.as_deref().unwrap_or("")),
+        ]);
         if !findings.is_empty() {
             let kinds: Vec<&str> = findings.iter().map(|(_, f)| f.rule).collect();
             self.record_refusal(req.log.as_ref(), &kinds, "delegate");
             return Err(Error::Refused { findings });
         }
         let result = self.run(&req).await;
-        if let Some(fields) = req.log.as_ref().filter(|l| l.gist.is_some() || l.score.is_some()) {
+        if let Some(fields) = req
+            .log
+            .as_ref()
+            .filter(|l| l.gist.is_some() || l.score.is_some())
+        {
             let (model, outcome) = match &result {
                 Ok(s) => (Some(s.model.clone()), None),
                 Err(_) => (None, Some("failed".to_owned())),
@@ -404,14 +495,27 @@ impl Engine {
             budget_mode: Some(self.budget().mode.as_str().into()),
             ..Default::default()
         };
-        if let Err(e) = self.log().and_then(|l| l.record(&d, now_ms()).map_err(|e| Error::State(e.to_string()))) {
+        if let Err(e) = self.log().and_then(|l| {
+            l.record(&d, now_ms())
+                .map_err(|e| Error::State(e.to_string()))
+        }) {
             tracing::warn!("could not log a refusal: {e}");
         }
     }
 
-    fn record_pool_decision(&self, f: &LogFields, model: Option<String>, outcome: Option<String>, via: &str) -> Option<i64> {
+    fn record_pool_decision(
+        &self,
+        f: &LogFields,
+        model: Option<String>,
+        outcome: Option<String>,
+        via: &str,
+    ) -> Option<i64> {
         let gist = f.gist.clone().unwrap_or_default();
-        let gist = if gate::scan(&gist).is_empty() { gist } else { "[gist withheld: it carried a secret]".into() };
+        let gist = if gate::scan(&gist).is_empty() {
+            gist
+        } else {
+            "[gist withheld: it carried a secret]".into()
+        };
         let d = Decision {
             gist,
             route: "pool".into(),
@@ -423,7 +527,10 @@ impl Engine {
             via: via.into(),
             budget_mode: Some(self.budget().mode.as_str().into()),
         };
-        match self.log().and_then(|l| l.record(&d, now_ms()).map_err(|e| Error::State(e.to_string()))) {
+        match self.log().and_then(|l| {
+            l.record(&d, now_ms())
+                .map_err(|e| Error::State(e.to_string()))
+        }) {
             Ok(id) => Some(id),
             Err(e) => {
                 tracing::warn!("could not log a decision: {e}");
@@ -450,31 +557,50 @@ impl Engine {
         let deadline = started + settings.call_timeout;
         let rreq = router::Request {
             selector: selector.clone(),
-            prompt_chars: req.prompt.chars().count() + req.system.as_deref().map_or(0, |s| s.chars().count()),
+            prompt_chars: req.prompt.chars().count()
+                + req.system.as_deref().map_or(0, |s| s.chars().count()),
             max_tokens: req.max_tokens,
             output_reserve: settings.output_reserve,
         };
-        let chat = ChatRequest { system: req.system.clone(), prompt: req.prompt.clone(), max_tokens: req.max_tokens, temperature: req.temperature };
+        let chat = ChatRequest {
+            system: req.system.clone(),
+            prompt: req.prompt.clone(),
+            max_tokens: req.max_tokens,
+            temperature: req.temperature,
+        };
         let mut excluded: Vec<Exclusion> = Vec::new();
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut idle_rounds = 0u32;
         loop {
             if attempts.len() as u32 >= settings.max_attempts {
-                return Err(Error::Exhausted { attempts, timed_out: false });
+                return Err(Error::Exhausted {
+                    attempts,
+                    timed_out: false,
+                });
             }
             if Instant::now() >= deadline {
-                return Err(Error::Exhausted { attempts, timed_out: true });
+                return Err(Error::Exhausted {
+                    attempts,
+                    timed_out: true,
+                });
             }
             let snap = self.snapshot(&catalog).await?;
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
             let plan = router::plan(&catalog, &rreq, &snap, &excluded, rotation);
             let mut leased = None;
             for cand in &plan.candidates {
-                let (l, p, m, fp, tokens) = (ledger.clone(), cand.provider.clone(), cand.model.clone(), cand.key_fp.clone(), cand.lease_tokens);
-                let got = tokio::task::spawn_blocking(move || l.lease(&p, &m, &fp, tokens, now_ms()))
-                    .await
-                    .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
-                    .map_err(|e| Error::State(format!("{e:#}")))?;
+                let (l, p, m, fp, tokens) = (
+                    ledger.clone(),
+                    cand.provider.clone(),
+                    cand.model.clone(),
+                    cand.key_fp.clone(),
+                    cand.lease_tokens,
+                );
+                let got =
+                    tokio::task::spawn_blocking(move || l.lease(&p, &m, &fp, tokens, now_ms()))
+                        .await
+                        .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
+                        .map_err(|e| Error::State(format!("{e:#}")))?;
                 if let Ok(lease) = got {
                     leased = Some((cand.clone(), lease));
                     break;
@@ -488,7 +614,10 @@ impl Engine {
                 } else {
                     plan.soonest_free()
                 };
-                let limit = Instant::now() + settings.max_wait.min(deadline.saturating_duration_since(Instant::now()));
+                let limit = Instant::now()
+                    + settings
+                        .max_wait
+                        .min(deadline.saturating_duration_since(Instant::now()));
                 let wait = wake.map(|t| Duration::from_millis((t - now).max(50) as u64));
                 match wait {
                     Some(w) if Instant::now() + w <= limit && idle_rounds < 400 => {
@@ -498,12 +627,22 @@ impl Engine {
                     }
                     _ => {
                         let soonest = plan.soonest_free();
-                        return Err(Error::NoCandidate { rejected: plan.rejected, attempts, soonest, now });
+                        return Err(Error::NoCandidate {
+                            rejected: plan.rejected,
+                            attempts,
+                            soonest,
+                            now,
+                        });
                     }
                 }
             };
-            let key = cand.key_index.and_then(|i| cand.provider.keys[i].key.as_ref());
-            let attempt_timeout = cand.provider.timeout.min(deadline.saturating_duration_since(Instant::now()));
+            let key = cand
+                .key_index
+                .and_then(|i| cand.provider.keys[i].key.as_ref());
+            let attempt_timeout = cand
+                .provider
+                .timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
             let target = Target {
                 base_url: &cand.provider.base_url,
                 model: &cand.model.id,
@@ -521,7 +660,11 @@ impl Engine {
                 Ok(done) => {
                     let (prompt_tokens, completion_tokens, estimated) = match done.usage {
                         Some(u) if u.prompt + u.completion > 0 => (u.prompt, u.completion, false),
-                        _ => (cand.prompt_tokens, (done.text.chars().count() as u64).div_ceil(3), true),
+                        _ => (
+                            cand.prompt_tokens,
+                            (done.text.chars().count() as u64).div_ceil(3),
+                            true,
+                        ),
                     };
                     let rec = AttemptRecord {
                         reached: true,
@@ -531,19 +674,32 @@ impl Engine {
                         bench: done.rate.exhausted_for().map(|d| {
                             // The answer says a window is now empty: trust it.
                             let f: BenchFn = Arc::new(move |_| Some((d, true)));
-                            (BenchScope::key(&cand.provider.id, &cand.key_fp), "provider window used up".to_owned(), f)
+                            (
+                                BenchScope::key(&cand.provider.id, &cand.key_fp),
+                                "provider window used up".to_owned(),
+                                f,
+                            )
                         }),
                         learned: None,
                     };
                     commit(&ledger, lease, rec, now).await;
-                    attempts.push(Attempt { model: cand.id(), outcome: "ok".into(), ms });
+                    attempts.push(Attempt {
+                        model: cand.id(),
+                        outcome: "ok".into(),
+                        ms,
+                    });
                     let mut text = done.text;
                     if text.chars().count() > MAX_ANSWER_CHARS {
                         let total = text.chars().count();
                         text = text.chars().take(MAX_ANSWER_CHARS).collect();
-                        text.push_str(&format!("\n[cut: {} more characters]", total - MAX_ANSWER_CHARS));
+                        text.push_str(&format!(
+                            "\n[cut: {} more characters]",
+                            total - MAX_ANSWER_CHARS
+                        ));
                     }
-                    let reported_model = done.served_model.filter(|m| m != &cand.model.id && !m.ends_with(&cand.model.id));
+                    let reported_model = done
+                        .served_model
+                        .filter(|m| m != &cand.model.id && !m.ends_with(&cand.model.id));
                     return Ok(Served {
                         text,
                         model: cand.id(),
@@ -565,13 +721,18 @@ impl Engine {
                     let skip = failure.skip();
                     let scope = match skip {
                         Skip::Key => BenchScope::key(&cand.provider.id, &cand.key_fp),
-                        Skip::ModelForKey => BenchScope::model_key(&cand.provider.id, &cand.model.id, &cand.key_fp),
+                        Skip::ModelForKey => {
+                            BenchScope::model_key(&cand.provider.id, &cand.model.id, &cand.key_fp)
+                        }
                         Skip::Model => BenchScope::model(&cand.provider.id, &cand.model.id),
                         Skip::Provider => BenchScope::provider(&cand.provider.id),
                     };
                     let reached = !matches!(failure, Failure::Transport);
                     let tokens = match failure {
-                        Failure::FirstByteTimeout | Failure::Stalled | Failure::BadBody | Failure::Empty => cand.prompt_tokens,
+                        Failure::FirstByteTimeout
+                        | Failure::Stalled
+                        | Failure::BadBody
+                        | Failure::Empty => cand.prompt_tokens,
                         _ => 0,
                     };
                     let learned = match &failure {
@@ -579,15 +740,36 @@ impl Engine {
                         _ => None,
                     };
                     let f2 = failure.clone();
-                    let bench: BenchFn = Arc::new(move |strikes| f2.bench(strikes).map(|(d, src)| (d, src == BenchSource::Stated)));
-                    let rec = AttemptRecord { reached, tokens, outcome: label.clone(), calibration: None, bench: Some((scope, label.clone(), bench)), learned };
+                    let bench: BenchFn = Arc::new(move |strikes| {
+                        f2.bench(strikes)
+                            .map(|(d, src)| (d, src == BenchSource::Stated))
+                    });
+                    let rec = AttemptRecord {
+                        reached,
+                        tokens,
+                        outcome: label.clone(),
+                        calibration: None,
+                        bench: Some((scope, label.clone(), bench)),
+                        learned,
+                    };
                     commit(&ledger, lease, rec, now).await;
-                    let detail = if err.detail.is_empty() { String::new() } else { format!(": {}", err.detail) };
+                    let detail = if err.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", err.detail)
+                    };
                     let wait = match &failure {
-                        Failure::RateLimited { retry_after: Some(d), .. } => format!(" (retry in {}s)", d.as_secs_f64().ceil() as u64),
+                        Failure::RateLimited {
+                            retry_after: Some(d),
+                            ..
+                        } => format!(" (retry in {}s)", d.as_secs_f64().ceil() as u64),
                         _ => String::new(),
                     };
-                    attempts.push(Attempt { model: cand.id(), outcome: format!("{label}{wait}{detail}"), ms });
+                    attempts.push(Attempt {
+                        model: cand.id(),
+                        outcome: format!("{label}{wait}{detail}"),
+                        ms,
+                    });
                     excluded.push(Exclusion {
                         skip,
                         provider: cand.provider.id.clone(),
@@ -595,8 +777,13 @@ impl Engine {
                         key_fp: cand.key_fp.clone(),
                         reason: label,
                     });
-                    if matches!(selector, Selector::Exact { .. }) && matches!(failure, Failure::ContextTooLong) {
-                        return Err(Error::Exhausted { attempts, timed_out: false });
+                    if matches!(selector, Selector::Exact { .. })
+                        && matches!(failure, Failure::ContextTooLong)
+                    {
+                        return Err(Error::Exhausted {
+                            attempts,
+                            timed_out: false,
+                        });
                     }
                 }
             }
@@ -605,9 +792,15 @@ impl Engine {
 
     /// Runs many tasks with bounded concurrency. Results come back in input
     /// order; `progress(done, total, message)` is called as each finishes.
-    pub async fn fanout(&self, tasks: Vec<Task>, concurrency: usize, progress: impl Fn(usize, usize, String)) -> Vec<TaskResult> {
+    pub async fn fanout(
+        &self,
+        tasks: Vec<Task>,
+        concurrency: usize,
+        progress: impl Fn(usize, usize, String),
+    ) -> Vec<TaskResult> {
         let total = tasks.len();
-        let per_task_cap = (MAX_FANOUT_CHARS / total.max(1)).clamp(500, self.catalog.settings.fanout_max_chars_per_task);
+        let per_task_cap = (MAX_FANOUT_CHARS / total.max(1))
+            .clamp(500, self.catalog.settings.fanout_max_chars_per_task);
         let mut results: Vec<Option<TaskResult>> = vec![None; total];
         let mut stream = futures::stream::iter(tasks.into_iter().enumerate())
             .map(|(i, task)| async move {
@@ -620,13 +813,20 @@ impl Engine {
         while let Some((i, r)) = stream.next().await {
             done += 1;
             let msg = match r.status {
-                "ok" => format!("task {} done on {}", r.id, r.model.as_deref().unwrap_or("?")),
+                "ok" => format!(
+                    "task {} done on {}",
+                    r.id,
+                    r.model.as_deref().unwrap_or("?")
+                ),
                 s => format!("task {} {s}", r.id),
             };
             progress(done, total, msg);
             results[i] = Some(r);
         }
-        results.into_iter().map(|r| r.expect("every task yields a result")).collect()
+        results
+            .into_iter()
+            .map(|r| r.expect("every task yields a result"))
+            .collect()
     }
 
     async fn fanout_one(&self, task: Task, cap: usize, started: Instant) -> TaskResult {
@@ -636,12 +836,24 @@ impl Engine {
             l.gist.get_or_insert_with(|| format!("fanout task {id}"));
         }
         let log = req.log.clone();
-        let findings = Self::scan(&[("prompt", &req.prompt), ("system", req.system.as_deref().unwrap_or(""))]);
+        let findings = Self::scan(&[
+            ("prompt", &req.prompt),
+            ("system", req.system.as_deref().unwrap_or("")),
+        ]);
         if !findings.is_empty() {
             let kinds: Vec<&str> = findings.iter().map(|(_, f)| f.rule).collect();
             self.record_refusal(log.as_ref(), &kinds, "fanout");
             let err = Error::Refused { findings };
-            return TaskResult { id, status: "refused", text: None, model: None, reason: Some(err.to_string()), tokens: None, attempts: 0, latency_ms: 0 };
+            return TaskResult {
+                id,
+                status: "refused",
+                text: None,
+                model: None,
+                reason: Some(err.to_string()),
+                tokens: None,
+                attempts: 0,
+                latency_ms: 0,
+            };
         }
         let result = self.run(&req).await;
         if let Some(f) = log.as_ref().filter(|l| l.score.is_some()) {
@@ -658,16 +870,39 @@ impl Engine {
                 if text.chars().count() > cap {
                     let total = text.chars().count();
                     text = text.chars().take(cap).collect();
-                    text.push_str(&format!("\n[cut: {} more characters; use delegate for long answers]", total - cap));
+                    text.push_str(&format!(
+                        "\n[cut: {} more characters; use delegate for long answers]",
+                        total - cap
+                    ));
                 }
-                TaskResult { id, status: "ok", text: Some(text), model: Some(s.model), reason: None, tokens: Some(s.prompt_tokens + s.completion_tokens), attempts: s.attempts.len(), latency_ms }
+                TaskResult {
+                    id,
+                    status: "ok",
+                    text: Some(text),
+                    model: Some(s.model),
+                    reason: None,
+                    tokens: Some(s.prompt_tokens + s.completion_tokens),
+                    attempts: s.attempts.len(),
+                    latency_ms,
+                }
             }
             Err(e) => {
                 let attempts = match &e {
-                    Error::NoCandidate { attempts, .. } | Error::Exhausted { attempts, .. } => attempts.len(),
+                    Error::NoCandidate { attempts, .. } | Error::Exhausted { attempts, .. } => {
+                        attempts.len()
+                    }
                     _ => 0,
                 };
-                TaskResult { id, status: "failed", text: None, model: None, reason: Some(e.to_string()), tokens: None, attempts, latency_ms }
+                TaskResult {
+                    id,
+                    status: "failed",
+                    text: None,
+                    model: None,
+                    reason: Some(e.to_string()),
+                    tokens: None,
+                    attempts,
+                    latency_ms,
+                }
             }
         }
     }

@@ -50,7 +50,9 @@ const RETENTION_MS: Millis = 32 * 86_400_000;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The state dir or file cannot be written.
-    #[error("the usage ledger at {path} cannot be opened for writing ({reason}); set FREEPOOL_STATE_DIR to a writable directory")]
+    #[error(
+        "the usage ledger at {path} cannot be opened for writing ({reason}); set FREEPOOL_STATE_DIR to a writable directory"
+    )]
     Unwritable {
         /// The file.
         path: PathBuf,
@@ -70,13 +72,27 @@ pub fn window_start(window: Window, reset: Reset, now: Millis) -> Millis {
         (Window::Day, Reset::Rolling) => now - 86_400_000,
         (Window::Month, Reset::Rolling) => now - 30 * 86_400_000,
         (Window::Day, Reset::Midnight(tz)) => {
-            let local = tz.timestamp_millis_opt(now).single().unwrap_or_else(|| tz.timestamp_millis_opt(0).unwrap());
-            let midnight = local.date_naive().and_hms_opt(0, 0, 0).expect("midnight exists");
+            let local = tz
+                .timestamp_millis_opt(now)
+                .single()
+                .unwrap_or_else(|| tz.timestamp_millis_opt(0).unwrap());
+            let midnight = local
+                .date_naive()
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight exists");
             local_to_ms(tz, midnight)
         }
         (Window::Month, Reset::Midnight(tz)) => {
-            let local = tz.timestamp_millis_opt(now).single().unwrap_or_else(|| tz.timestamp_millis_opt(0).unwrap());
-            let first = local.date_naive().with_day(1).expect("day 1 exists").and_hms_opt(0, 0, 0).expect("midnight exists");
+            let local = tz
+                .timestamp_millis_opt(now)
+                .single()
+                .unwrap_or_else(|| tz.timestamp_millis_opt(0).unwrap());
+            let first = local
+                .date_naive()
+                .with_day(1)
+                .expect("day 1 exists")
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight exists");
             local_to_ms(tz, first)
         }
     }
@@ -84,14 +100,20 @@ pub fn window_start(window: Window, reset: Reset, now: Millis) -> Millis {
 
 /// When a fixed window that contains `now` ends (`None` for rolling windows).
 pub fn next_reset(window: Window, reset: Reset, now: Millis) -> Option<Millis> {
-    let Reset::Midnight(tz) = reset else { return None };
+    let Reset::Midnight(tz) = reset else {
+        return None;
+    };
     let start = window_start(window, reset, now);
     let local = tz.timestamp_millis_opt(start).single()?.naive_local();
     let next = match window {
         Window::Day => local.date().succ_opt()?.and_hms_opt(0, 0, 0)?,
         Window::Month => {
             let d = local.date();
-            let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+            let (y, m) = if d.month() == 12 {
+                (d.year() + 1, 1)
+            } else {
+                (d.year(), d.month() + 1)
+            };
             chrono::NaiveDate::from_ymd_opt(y, m, 1)?.and_hms_opt(0, 0, 0)?
         }
         _ => return None,
@@ -103,7 +125,10 @@ fn local_to_ms(tz: chrono_tz::Tz, t: chrono::NaiveDateTime) -> Millis {
     // Midnight can fall in a DST gap in a few zones; take the earliest valid instant.
     tz.from_local_datetime(&t)
         .earliest()
-        .or_else(|| tz.from_local_datetime(&(t + chrono::Duration::hours(1))).earliest())
+        .or_else(|| {
+            tz.from_local_datetime(&(t + chrono::Duration::hours(1)))
+                .earliest()
+        })
         .map(|d| d.timestamp_millis())
         .unwrap_or_else(|| t.and_utc().timestamp_millis())
 }
@@ -169,23 +194,41 @@ pub struct BenchScope {
 impl BenchScope {
     /// The whole provider.
     pub fn provider(p: &str) -> Self {
-        BenchScope { provider: p.into(), model: "*".into(), key_fp: "*".into() }
+        BenchScope {
+            provider: p.into(),
+            model: "*".into(),
+            key_fp: "*".into(),
+        }
     }
     /// One model, any key.
     pub fn model(p: &str, m: &str) -> Self {
-        BenchScope { provider: p.into(), model: m.into(), key_fp: "*".into() }
+        BenchScope {
+            provider: p.into(),
+            model: m.into(),
+            key_fp: "*".into(),
+        }
     }
     /// One key, any model.
     pub fn key(p: &str, k: &str) -> Self {
-        BenchScope { provider: p.into(), model: "*".into(), key_fp: k.into() }
+        BenchScope {
+            provider: p.into(),
+            model: "*".into(),
+            key_fp: k.into(),
+        }
     }
     /// One model with one key.
     pub fn model_key(p: &str, m: &str, k: &str) -> Self {
-        BenchScope { provider: p.into(), model: m.into(), key_fp: k.into() }
+        BenchScope {
+            provider: p.into(),
+            model: m.into(),
+            key_fp: k.into(),
+        }
     }
     /// Whether this bench covers a (provider, model, key) candidate.
     pub fn covers(&self, p: &str, m: &str, k: &str) -> bool {
-        self.provider == p && (self.model == "*" || self.model == m) && (self.key_fp == "*" || self.key_fp == k)
+        self.provider == p
+            && (self.model == "*" || self.model == m)
+            && (self.key_fp == "*" || self.key_fp == k)
     }
 }
 
@@ -304,7 +347,11 @@ impl UsageSnapshot {
     /// The effective value of a limit: the catalog's, or lower if learned.
     fn effective(&self, provider: &str, model: &str, limit: &Limit) -> u64 {
         self.learned
-            .get(&(provider.to_owned(), model.to_owned(), limit.key().to_owned()))
+            .get(&(
+                provider.to_owned(),
+                model.to_owned(),
+                limit.key().to_owned(),
+            ))
             .map_or(limit.max, |l| (*l).min(limit.max))
     }
 
@@ -312,9 +359,18 @@ impl UsageSnapshot {
     /// candidate right now: the model's own, its pools', and the provider's
     /// concurrency cap. This is the one quota rule; the router ranks with it
     /// and the ledger enforces it inside the lease transaction.
-    pub fn check(&self, provider: &Provider, model: &Model, key_fp: &str, tokens: u64) -> Result<Headroom, Blocked> {
+    pub fn check(
+        &self,
+        provider: &Provider,
+        model: &Model,
+        key_fp: &str,
+        tokens: u64,
+    ) -> Result<Headroom, Blocked> {
         if let Some(c) = self.bench_of(&provider.id, &model.id, key_fp) {
-            return Err(Blocked::Benched { reason: c.reason.clone(), until: c.until });
+            return Err(Blocked::Benched {
+                reason: c.reason.clone(),
+                until: c.until,
+            });
         }
         if let Some(cap) = provider.max_concurrency {
             let in_flight: u64 = self
@@ -327,11 +383,20 @@ impl UsageSnapshot {
                 return Err(Blocked::Busy { in_flight });
             }
         }
-        let mut head = Headroom { fraction: 1.0, requests_left_today: None, tokens_left_today: None };
+        let mut head = Headroom {
+            fraction: 1.0,
+            requests_left_today: None,
+            tokens_left_today: None,
+        };
         let model_counts = self.model_use(provider, &model.id, key_fp);
-        let mut scopes: Vec<(String, &[Limit], Counts)> = vec![(model.id.clone(), &model.limits, model_counts)];
+        let mut scopes: Vec<(String, &[Limit], Counts)> =
+            vec![(model.id.clone(), &model.limits, model_counts)];
         for pool in provider.pools.iter().filter(|p| p.covers(&model.id)) {
-            scopes.push((format!("pool {}", pool.id), &pool.limits, self.pool_use(provider, pool, key_fp)));
+            scopes.push((
+                format!("pool {}", pool.id),
+                &pool.limits,
+                self.pool_use(provider, pool, key_fp),
+            ));
         }
         for (whose, limits, counts) in scopes {
             for limit in limits {
@@ -344,7 +409,9 @@ impl UsageSnapshot {
                 if used + need > max {
                     let frees_at = next_reset(limit.window, limit.reset, self.now).or_else(|| {
                         // Rolling: the oldest use in the window ages out first.
-                        counts.oldest[i].map(|t| t + window_len(limit.window)).or(Some(self.now + 1000))
+                        counts.oldest[i]
+                            .map(|t| t + window_len(limit.window))
+                            .or(Some(self.now + 1000))
                     });
                     return Err(Blocked::Full {
                         limit: format!("{} of {whose}", limit.key()),
@@ -485,7 +552,10 @@ impl Ledger {
     /// aside with a warning and a fresh one started.
     pub fn open(dir: &Path) -> Result<Ledger, Error> {
         let path = dir.join("ledger.sqlite");
-        let unwritable = |reason: String| Error::Unwritable { path: path.clone(), reason };
+        let unwritable = |reason: String| Error::Unwritable {
+            path: path.clone(),
+            reason,
+        };
         crate::config::ensure_state_dir(dir).map_err(|e| unwritable(e.kind().to_string()))?;
         let mut warning = None;
         let conn = match Self::open_conn(&path) {
@@ -506,7 +576,12 @@ impl Ledger {
             }
             Err(e) => return Err(unwritable(short_sql_reason(&e))),
         };
-        let ledger = Ledger { conn: Arc::new(Mutex::new(conn)), path, commits: Arc::default(), warning };
+        let ledger = Ledger {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+            commits: Arc::default(),
+            warning,
+        };
         ledger.prune(now_ms())?;
         Ok(ledger)
     }
@@ -547,7 +622,14 @@ impl Ledger {
 
     /// Reserves one request of `tokens` on a candidate if every limit has room,
     /// atomically with respect to every other process.
-    pub fn lease(&self, provider: &Provider, model: &Model, key_fp: &str, tokens: u64, now: Millis) -> Result<Result<Lease, Blocked>, Error> {
+    pub fn lease(
+        &self,
+        provider: &Provider,
+        model: &Model,
+        key_fp: &str,
+        tokens: u64,
+        now: Millis,
+    ) -> Result<Result<Lease, Blocked>, Error> {
         let expires = now + (provider.timeout.as_millis() as i64) + 60_000;
         let id = self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -583,7 +665,11 @@ impl Ledger {
     /// Turns a lease into an event, and sets or clears benches, in one transaction.
     pub fn commit(&self, mut lease: Lease, rec: AttemptRecord, now: Millis) -> Result<(), Error> {
         lease.committed = true;
-        let (p, m, k) = (lease.provider.clone(), lease.model.clone(), lease.key_fp.clone());
+        let (p, m, k) = (
+            lease.provider.clone(),
+            lease.model.clone(),
+            lease.key_fp.clone(),
+        );
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM leases WHERE id = ?1", [lease.id])?;
@@ -655,7 +741,12 @@ impl Ledger {
             tx.commit()
         })?;
         // Prune now and then, not on every commit.
-        if self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 500 == 499 {
+        if self
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % 500
+            == 499
+        {
             self.prune(now)?;
         }
         Ok(())
@@ -722,7 +813,9 @@ fn short_sql_reason(e: &rusqlite::Error) -> String {
 fn reap(conn: &Connection, now: Millis) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM leases WHERE expires < ?1", [now])?;
     let mut stmt = conn.prepare_cached("SELECT DISTINCT pid FROM leases")?;
-    let pids: Vec<i64> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let pids: Vec<i64> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     for pid in pids {
         if !process_alive(pid) {
             conn.execute("DELETE FROM leases WHERE pid = ?1", [pid])?;
@@ -736,7 +829,9 @@ fn process_alive(pid: i64) -> bool {
     if pid == std::process::id() as i64 {
         return true;
     }
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
     // Signal 0 checks existence; EPERM means it exists but is not ours.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
@@ -747,8 +842,15 @@ fn process_alive(_pid: i64) -> bool {
     true
 }
 
-fn read_snapshot(conn: &Connection, providers: &[&Provider], now: Millis) -> rusqlite::Result<UsageSnapshot> {
-    let mut snap = UsageSnapshot { now, ..Default::default() };
+fn read_snapshot(
+    conn: &Connection,
+    providers: &[&Provider],
+    now: Millis,
+) -> rusqlite::Result<UsageSnapshot> {
+    let mut snap = UsageSnapshot {
+        now,
+        ..Default::default()
+    };
     let mut events = conn.prepare_cached(
         "SELECT model, key_fp,
             SUM(CASE WHEN ts >= ?1 THEN requests ELSE 0 END), SUM(CASE WHEN ts >= ?1 THEN tokens ELSE 0 END), MIN(CASE WHEN ts >= ?1 THEN ts END),
@@ -758,7 +860,7 @@ fn read_snapshot(conn: &Connection, providers: &[&Provider], now: Millis) -> rus
          FROM events WHERE provider = ?5 AND ts >= ?6 GROUP BY model, key_fp",
     )?;
     let mut leases = conn.prepare_cached(
-        "SELECT model, key_fp, COUNT(*), SUM(tokens) FROM leases WHERE provider = ?1 AND expires >= ?2 GROUP BY model, key_fp",
+        "SELECT model, key_fp, pid, tokens FROM leases WHERE provider = ?1 AND expires >= ?2",
     )?;
     for p in providers {
         let starts: Vec<Millis> = WINDOWS
@@ -782,30 +884,43 @@ fn read_snapshot(conn: &Connection, providers: &[&Provider], now: Millis) -> rus
             .max()
             .unwrap_or(0);
         let since = starts[..=longest].iter().copied().min().unwrap_or(now);
-        let rows = events.query_map(params![starts[0], starts[1], starts[2], starts[3], p.id, since], |r| {
-            let mut c = Counts::default();
-            for i in 0..4 {
-                c.requests[i] = r.get::<_, Option<i64>>(2 + i * 3)?.unwrap_or(0) as u64;
-                c.tokens[i] = r.get::<_, Option<i64>>(3 + i * 3)?.unwrap_or(0) as u64;
-                c.oldest[i] = r.get(4 + i * 3)?;
-            }
-            Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), c))
-        })?;
+        let rows = events.query_map(
+            params![starts[0], starts[1], starts[2], starts[3], p.id, since],
+            |r| {
+                let mut c = Counts::default();
+                for i in 0..4 {
+                    c.requests[i] = r.get::<_, Option<i64>>(2 + i * 3)?.unwrap_or(0) as u64;
+                    c.tokens[i] = r.get::<_, Option<i64>>(3 + i * 3)?.unwrap_or(0) as u64;
+                    c.oldest[i] = r.get(4 + i * 3)?;
+                }
+                Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), c))
+            },
+        )?;
         for row in rows {
             let ((m, k), c) = row?;
             snap.usage.insert((p.id.clone(), m, k), c);
         }
         let rows = leases.query_map(params![p.id, now], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
         })?;
         for row in rows {
-            let (m, k, n, tokens) = row?;
+            let (m, k, pid, tokens) = row?;
+            // A lease whose process died (kill -9) counts for nothing; the next
+            // lease transaction deletes it.
+            if !process_alive(pid) {
+                continue;
+            }
             let c = snap.usage.entry((p.id.clone(), m, k)).or_default();
             for i in 0..4 {
-                c.requests[i] += n as u64;
-                c.tokens[i] += tokens.unwrap_or(0) as u64;
+                c.requests[i] += 1;
+                c.tokens[i] += tokens as u64;
             }
-            c.in_flight += n as u64;
+            c.in_flight += 1;
         }
     }
     let mut stmt = conn.prepare_cached(
@@ -813,7 +928,11 @@ fn read_snapshot(conn: &Connection, providers: &[&Provider], now: Millis) -> rus
     )?;
     let rows = stmt.query_map([now], |r| {
         Ok(Cooldown {
-            scope: BenchScope { provider: r.get(0)?, model: r.get(1)?, key_fp: r.get(2)? },
+            scope: BenchScope {
+                provider: r.get(0)?,
+                model: r.get(1)?,
+                key_fp: r.get(2)?,
+            },
             until: r.get(3)?,
             stated: r.get(4)?,
             reason: r.get(5)?,
@@ -822,7 +941,12 @@ fn read_snapshot(conn: &Connection, providers: &[&Provider], now: Millis) -> rus
     })?;
     snap.cooldowns = rows.collect::<Result<_, _>>()?;
     let mut stmt = conn.prepare_cached("SELECT provider, model, limit_key, max FROM learned")?;
-    let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get::<_, i64>(3)? as u64)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            (r.get(0)?, r.get(1)?, r.get(2)?),
+            r.get::<_, i64>(3)? as u64,
+        ))
+    })?;
     snap.learned = rows.collect::<Result<_, _>>()?;
     let mut stmt = conn.prepare_cached("SELECT provider, tokens_per_char FROM calibration")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -830,7 +954,9 @@ fn read_snapshot(conn: &Connection, providers: &[&Provider], now: Millis) -> rus
     let mut stmt = conn.prepare_cached(
         "SELECT provider, model, COUNT(*) FROM events WHERE ts >= ?1 AND outcome != 'ok' GROUP BY provider, model",
     )?;
-    let rows = stmt.query_map([now - 3_600_000], |r| Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)? as u32)))?;
+    let rows = stmt.query_map([now - 3_600_000], |r| {
+        Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)? as u32))
+    })?;
     snap.recent_failures = rows.collect::<Result<_, _>>()?;
     Ok(snap)
 }
@@ -853,11 +979,20 @@ mod tests {
     }
 
     fn ms(rfc3339: &str) -> Millis {
-        chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp_millis()
     }
 
     fn record(tokens: u64) -> AttemptRecord {
-        AttemptRecord { reached: true, tokens, outcome: "ok".into(), calibration: None, bench: None, learned: None }
+        AttemptRecord {
+            reached: true,
+            tokens,
+            outcome: "ok".into(),
+            calibration: None,
+            bench: None,
+            learned: None,
+        }
     }
 
     #[test]
@@ -865,14 +1000,29 @@ mod tests {
         let tz = Reset::Midnight(chrono_tz::America::Los_Angeles);
         // 07:59 UTC on 2026-11-24 is 23:59 PST on the 23rd.
         let before = ms("2026-11-24T07:59:00Z");
-        assert_eq!(window_start(Window::Day, tz, before), ms("2026-11-23T08:00:00Z"));
-        assert_eq!(next_reset(Window::Day, tz, before), Some(ms("2026-11-24T08:00:00Z")));
+        assert_eq!(
+            window_start(Window::Day, tz, before),
+            ms("2026-11-23T08:00:00Z")
+        );
+        assert_eq!(
+            next_reset(Window::Day, tz, before),
+            Some(ms("2026-11-24T08:00:00Z"))
+        );
         let after = ms("2026-11-24T08:00:00Z");
         assert_eq!(window_start(Window::Day, tz, after), after);
         let utc = Reset::Midnight(chrono_tz::UTC);
-        assert_eq!(window_start(Window::Month, utc, ms("2026-12-31T23:00:00Z")), ms("2026-12-01T00:00:00Z"));
-        assert_eq!(next_reset(Window::Month, utc, ms("2026-12-31T23:00:00Z")), Some(ms("2027-01-01T00:00:00Z")));
-        assert_eq!(window_start(Window::Day, Reset::Rolling, after), after - 86_400_000);
+        assert_eq!(
+            window_start(Window::Month, utc, ms("2026-12-31T23:00:00Z")),
+            ms("2026-12-01T00:00:00Z")
+        );
+        assert_eq!(
+            next_reset(Window::Month, utc, ms("2026-12-31T23:00:00Z")),
+            Some(ms("2027-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            window_start(Window::Day, Reset::Rolling, after),
+            after - 86_400_000
+        );
     }
 
     #[test]
@@ -888,13 +1038,27 @@ mod tests {
         }
         let blocked = ledger.lease(&p, a, "k", 10, t0).unwrap().unwrap_err();
         match blocked {
-            Blocked::Full { used: 2, max: 2, frees_at, .. } => {
-                assert_eq!(frees_at, Some(ms("2026-11-24T08:00:00Z")), "Pacific midnight")
+            Blocked::Full {
+                used: 2,
+                max: 2,
+                frees_at,
+                ..
+            } => {
+                assert_eq!(
+                    frees_at,
+                    Some(ms("2026-11-24T08:00:00Z")),
+                    "Pacific midnight"
+                )
             }
             other => panic!("{other:?}"),
         }
         // One millisecond after Pacific midnight the day is new.
-        assert!(ledger.lease(&p, a, "k", 10, ms("2026-11-24T08:00:00.001Z")).unwrap().is_ok());
+        assert!(
+            ledger
+                .lease(&p, a, "k", 10, ms("2026-11-24T08:00:00.001Z"))
+                .unwrap()
+                .is_ok()
+        );
     }
 
     #[test]
@@ -905,23 +1069,38 @@ mod tests {
         let a = &p.models[0];
         let now = now_ms();
         let held = ledger.lease(&p, a, "k", 1, now).unwrap().unwrap();
-        assert!(matches!(ledger.lease(&p, a, "k", 1, now).unwrap(), Err(Blocked::Full { .. })));
+        assert!(matches!(
+            ledger.lease(&p, a, "k", 1, now).unwrap(),
+            Err(Blocked::Full { .. })
+        ));
         drop(held);
-        assert!(ledger.lease(&p, a, "k", 1, now).unwrap().is_ok(), "a dropped lease frees its slot");
+        assert!(
+            ledger.lease(&p, a, "k", 1, now).unwrap().is_ok(),
+            "a dropped lease frees its slot"
+        );
     }
 
     #[test]
     fn pools_are_counted_once_across_models() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        let p = provider("rpm = 100", "[providers.p.pools.acct]\nlimits = { rpm = 3 }\n");
+        let p = provider(
+            "rpm = 100",
+            "[providers.p.pools.acct]\nlimits = { rpm = 3 }\n",
+        );
         let now = now_ms();
         for m in [&p.models[0], &p.models[1], &p.models[0]] {
             let l = ledger.lease(&p, m, "k", 1, now).unwrap().unwrap();
             ledger.commit(l, record(1), now).unwrap();
         }
-        let err = ledger.lease(&p, &p.models[1], "k", 1, now).unwrap().unwrap_err();
-        assert!(matches!(&err, Blocked::Full { limit, .. } if limit == "rpm of pool acct"), "{err:?}");
+        let err = ledger
+            .lease(&p, &p.models[1], "k", 1, now)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Blocked::Full { limit, .. } if limit == "rpm of pool acct"),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -932,7 +1111,10 @@ mod tests {
         let a = &p.models[0];
         let now = now_ms();
         let l = ledger.lease(&p, a, "k", 600, now).unwrap().unwrap();
-        assert!(matches!(ledger.lease(&p, a, "k", 600, now).unwrap(), Err(Blocked::Full { .. })));
+        assert!(matches!(
+            ledger.lease(&p, a, "k", 600, now).unwrap(),
+            Err(Blocked::Full { .. })
+        ));
         assert!(ledger.lease(&p, a, "k", 300, now).unwrap().is_ok());
         drop(l);
     }
@@ -946,27 +1128,62 @@ mod tests {
         let now = now_ms();
         let guessed: BenchFn = Arc::new(|_| Some((Duration::from_secs(60), false)));
         let l = ledger.lease(&p, a, "k", 1, now).unwrap().unwrap();
-        let rec = AttemptRecord { bench: Some((BenchScope::model("p", "a"), "500 server error".into(), guessed)), outcome: "500".into(), ..record(1) };
+        let rec = AttemptRecord {
+            bench: Some((
+                BenchScope::model("p", "a"),
+                "500 server error".into(),
+                guessed,
+            )),
+            outcome: "500".into(),
+            ..record(1)
+        };
         ledger.commit(l, rec, now).unwrap();
         let blocked = ledger.lease(&p, a, "k", 1, now).unwrap().unwrap_err();
         assert!(matches!(blocked, Blocked::Benched { .. }));
         // Model b is a different scope; a success there... does not clear a's bench.
-        let l = ledger.lease(&p, &p.models[1], "k", 1, now).unwrap().unwrap();
+        let l = ledger
+            .lease(&p, &p.models[1], "k", 1, now)
+            .unwrap()
+            .unwrap();
         ledger.commit(l, record(1), now).unwrap();
         assert!(ledger.lease(&p, a, "k", 1, now).unwrap().is_err());
         // A success on a itself (say, another process got through) ends the guess.
-        let l = Lease { id: -1, ledger: ledger.clone(), provider: "p".into(), model: "a".into(), key_fp: "k".into(), committed: false };
+        let l = Lease {
+            id: -1,
+            ledger: ledger.clone(),
+            provider: "p".into(),
+            model: "a".into(),
+            key_fp: "k".into(),
+            committed: false,
+        };
         ledger.commit(l, record(1), now).unwrap();
         assert!(ledger.lease(&p, a, "k", 1, now).unwrap().is_ok());
 
         let stated: BenchFn = Arc::new(|_| Some((Duration::from_secs(60), true)));
         let l = ledger.lease(&p, a, "k", 1, now).unwrap().unwrap();
-        let rec = AttemptRecord { bench: Some((BenchScope::key("p", "k"), "429 rate limited".into(), stated)), outcome: "429".into(), ..record(1) };
+        let rec = AttemptRecord {
+            bench: Some((BenchScope::key("p", "k"), "429 rate limited".into(), stated)),
+            outcome: "429".into(),
+            ..record(1)
+        };
         ledger.commit(l, rec, now).unwrap();
-        let l = Lease { id: -2, ledger: ledger.clone(), provider: "p".into(), model: "a".into(), key_fp: "k".into(), committed: false };
+        let l = Lease {
+            id: -2,
+            ledger: ledger.clone(),
+            provider: "p".into(),
+            model: "a".into(),
+            key_fp: "k".into(),
+            committed: false,
+        };
         ledger.commit(l, record(1), now).unwrap();
-        assert!(matches!(ledger.lease(&p, a, "k", 1, now).unwrap(), Err(Blocked::Benched { .. })));
-        assert!(ledger.lease(&p, a, "other-key", 1, now).unwrap().is_ok(), "the bench is on one key");
+        assert!(matches!(
+            ledger.lease(&p, a, "k", 1, now).unwrap(),
+            Err(Blocked::Benched { .. })
+        ));
+        assert!(
+            ledger.lease(&p, a, "other-key", 1, now).unwrap().is_ok(),
+            "the bench is on one key"
+        );
     }
 
     #[test]
@@ -978,8 +1195,19 @@ mod tests {
         let now = now_ms();
         let f: BenchFn = Arc::new(|strikes| Some((Duration::from_secs(10 << strikes), false)));
         for _ in 0..3 {
-            let l = Lease { id: -1, ledger: ledger.clone(), provider: "p".into(), model: "a".into(), key_fp: "k".into(), committed: false };
-            let rec = AttemptRecord { bench: Some((BenchScope::provider("p"), "503".into(), f.clone())), outcome: "503".into(), ..record(1) };
+            let l = Lease {
+                id: -1,
+                ledger: ledger.clone(),
+                provider: "p".into(),
+                model: "a".into(),
+                key_fp: "k".into(),
+                committed: false,
+            };
+            let rec = AttemptRecord {
+                bench: Some((BenchScope::provider("p"), "503".into(), f.clone())),
+                outcome: "503".into(),
+                ..record(1)
+            };
             ledger.commit(l, rec, now).unwrap();
         }
         let snap = ledger.snapshot(&[&p], now).unwrap();
@@ -997,12 +1225,32 @@ mod tests {
         let a = &p.models[0];
         let now = now_ms();
         for learned in [3000, 9000] {
-            let l = Lease { id: -1, ledger: ledger.clone(), provider: "p".into(), model: "a".into(), key_fp: "k".into(), committed: false };
-            ledger.commit(l, AttemptRecord { reached: false, learned: Some(("tpm", learned)), ..record(0) }, now).unwrap();
+            let l = Lease {
+                id: -1,
+                ledger: ledger.clone(),
+                provider: "p".into(),
+                model: "a".into(),
+                key_fp: "k".into(),
+                committed: false,
+            };
+            ledger
+                .commit(
+                    l,
+                    AttemptRecord {
+                        reached: false,
+                        learned: Some(("tpm", learned)),
+                        ..record(0)
+                    },
+                    now,
+                )
+                .unwrap();
         }
         let snap = ledger.snapshot(&[&p], now).unwrap();
         assert!(snap.check(&p, a, "k", 2900).is_ok());
-        assert!(matches!(snap.check(&p, a, "k", 3100), Err(Blocked::Full { max: 3000, .. })));
+        assert!(matches!(
+            snap.check(&p, a, "k", 3100),
+            Err(Blocked::Full { max: 3000, .. })
+        ));
     }
 
     #[test]
@@ -1026,10 +1274,17 @@ mod tests {
     #[test]
     fn corrupt_file_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ledger.sqlite"), b"this is not a database, just junk bytes that go on").unwrap();
+        std::fs::write(
+            dir.path().join("ledger.sqlite"),
+            b"this is not a database, just junk bytes that go on",
+        )
+        .unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
         assert!(ledger.warning.as_deref().unwrap().contains("moved to"));
-        let aside = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().contains("corrupt"));
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
         assert!(aside);
     }
 
@@ -1040,6 +1295,10 @@ mod tests {
         snap.tokens_per_char.insert("p".into(), 0.5);
         assert!(snap.estimate_tokens("p", 3000) > 1700);
         snap.tokens_per_char.insert("p".into(), 0.1);
-        assert_eq!(snap.estimate_tokens("p", 3000), 1008, "never below the default");
+        assert_eq!(
+            snap.estimate_tokens("p", 3000),
+            1008,
+            "never below the default"
+        );
     }
 }

@@ -15,8 +15,9 @@
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, InitializeRequestParams, InitializeResult,
-    JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    InitializeRequestParams, InitializeResult, JsonObject, ListToolsResult, MetaObject,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
@@ -36,6 +37,9 @@ pub const CLAUDE_CODE_TEXT_LIMIT: usize = 2048;
 /// Largest result Claude Code accepts inline when a tool says so (`_meta`).
 pub const MAX_RESULT_CHARS: u64 = 100_000;
 
+/// Reports progress: (done, total, message).
+pub type Progress = Box<dyn Fn(f64, f64, String) + Send + Sync>;
+
 /// The MCP server.
 #[derive(Clone)]
 pub struct Server {
@@ -54,8 +58,15 @@ impl Server {
         let cat = self.engine.catalog();
         let snap = crate::ledger::UsageSnapshot::default();
         let ceiling = match router::context_ceiling(cat, &snap, cat.settings.output_reserve) {
-            Some((tokens, _)) => format!("{} tokens (~{} characters)", group(tokens), group(tokens * 3)),
-            None => "0 tokens: no provider is usable, so nothing can be delegated until a key is set".into(),
+            Some((tokens, _)) => format!(
+                "{} tokens (~{} characters)",
+                group(tokens),
+                group(tokens * 3)
+            ),
+            None => {
+                "0 tokens: no provider is usable, so nothing can be delegated until a key is set"
+                    .into()
+            }
         };
         let mode = match &b.source {
             budget::Source::Pinned { by } => format!("{} (pinned by {by})", b.mode.as_str()),
@@ -98,10 +109,25 @@ impl Server {
             "max_tokens": {"type": "integer", "minimum": 1}
         });
         merge(&mut task_props, &log_props);
-        let read_only = |title: &str| ToolAnnotations::with_title(title).read_only(true).destructive(false).idempotent(true).open_world(false);
-        let pool_call = |title: &str| ToolAnnotations::with_title(title).read_only(false).destructive(false).idempotent(false).open_world(true);
+        let read_only = |title: &str| {
+            ToolAnnotations::with_title(title)
+                .read_only(true)
+                .destructive(false)
+                .idempotent(true)
+                .open_world(false)
+        };
+        let pool_call = |title: &str| {
+            ToolAnnotations::with_title(title)
+                .read_only(false)
+                .destructive(false)
+                .idempotent(false)
+                .open_world(true)
+        };
         let mut size_meta = MetaObject::new();
-        size_meta.insert("anthropic/maxResultSizeChars".into(), json!(MAX_RESULT_CHARS));
+        size_meta.insert(
+            "anthropic/maxResultSizeChars".into(),
+            json!(MAX_RESULT_CHARS),
+        );
         vec![
             Tool::new(
                 "delegate",
@@ -173,7 +199,12 @@ impl Server {
     }
 
     /// Runs a tool by name; `None` for an unknown tool.
-    pub async fn call(&self, name: &str, args: Value, progress: Option<Box<dyn Fn(f64, f64, String) + Send + Sync>>) -> Option<CallToolResult> {
+    pub async fn call(
+        &self,
+        name: &str,
+        args: Value,
+        progress: Option<Progress>,
+    ) -> Option<CallToolResult> {
         let result = match name {
             "delegate" => self.delegate(args).await,
             "fanout" => self.fanout(args, progress).await,
@@ -182,10 +213,7 @@ impl Server {
             "log_route_decision" => self.log_route_decision(args),
             _ => return None,
         };
-        let mut text = match result {
-            Ok(t) => Ok(t),
-            Err(t) => Err(t),
-        };
+        let mut text = result;
         // Config problems are shown with every result until fixed.
         let notes = self.config_notes();
         if !notes.is_empty() {
@@ -211,20 +239,30 @@ impl Server {
     async fn delegate(&self, args: Value) -> Result<String, String> {
         let a: DelegateArgs = parse_args(args)?;
         let log = a.log_fields();
-        let req = DelegateRequest { prompt: a.prompt, system: a.system, model: a.model, max_tokens: a.max_tokens, temperature: a.temperature, log };
+        let req = DelegateRequest {
+            prompt: a.prompt,
+            system: a.system,
+            model: a.model,
+            max_tokens: a.max_tokens,
+            temperature: a.temperature,
+            log,
+        };
         match self.engine.delegate(req).await {
             Ok(s) => Ok(render_served(&s)),
             Err(e) => Err(e.to_string()),
         }
     }
 
-    async fn fanout(&self, args: Value, progress: Option<Box<dyn Fn(f64, f64, String) + Send + Sync>>) -> Result<String, String> {
+    async fn fanout(&self, args: Value, progress: Option<Progress>) -> Result<String, String> {
         let a: FanoutArgs = parse_args(args)?;
         if a.tasks.is_empty() {
             return Err("fanout needs at least one task".into());
         }
         let settings = &self.engine.catalog().settings;
-        let concurrency = a.concurrency.unwrap_or(settings.fanout_concurrency).clamp(1, settings.fanout_max_concurrency) as usize;
+        let concurrency = a
+            .concurrency
+            .unwrap_or(settings.fanout_concurrency)
+            .clamp(1, settings.fanout_max_concurrency) as usize;
         let tasks: Vec<Task> = a
             .tasks
             .into_iter()
@@ -233,7 +271,14 @@ impl Server {
                 let log = t.log_fields();
                 Task {
                     id: t.id.unwrap_or_else(|| i.to_string()),
-                    request: DelegateRequest { prompt: t.prompt, system: t.system, model: t.model, max_tokens: t.max_tokens, temperature: None, log },
+                    request: DelegateRequest {
+                        prompt: t.prompt,
+                        system: t.system,
+                        model: t.model,
+                        max_tokens: t.max_tokens,
+                        temperature: None,
+                        log,
+                    },
                 }
             })
             .collect();
@@ -246,7 +291,10 @@ impl Server {
             })
             .await;
         let ok = results.iter().filter(|r| r.status == "ok").count();
-        let mut out = format!("fanout: {ok} of {} tasks ok (concurrency {concurrency})\n", results.len());
+        let mut out = format!(
+            "fanout: {ok} of {} tasks ok (concurrency {concurrency})\n",
+            results.len()
+        );
         for r in &results {
             out.push_str(&format!("\n=== task {} · {}", r.id, r.status));
             if let Some(m) = &r.model {
@@ -268,7 +316,11 @@ impl Server {
 
     async fn list_models(&self) -> Result<String, String> {
         let catalog = self.engine.resolved_catalog().await;
-        let snap = self.engine.snapshot(&catalog).await.map_err(|e| e.to_string())?;
+        let snap = self
+            .engine
+            .snapshot(&catalog)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(status::models_text(&catalog, &snap))
     }
 
@@ -283,18 +335,24 @@ impl Server {
         if let Some(outcome) = &a.outcome
             && !["accepted", "redone", "failed"].contains(&outcome.as_str())
         {
-            return Err(format!("outcome `{outcome}` must be accepted, redone or failed"));
+            return Err(format!(
+                "outcome `{outcome}` must be accepted, redone or failed"
+            ));
         }
         if let Some(id) = a.decision_id {
             let Some(outcome) = &a.outcome else {
-                return Err("with decision_id, give the outcome (accepted, redone or failed)".into());
+                return Err(
+                    "with decision_id, give the outcome (accepted, redone or failed)".into(),
+                );
             };
             log.set_outcome(id, outcome).map_err(|e| e.to_string())?;
             return Ok(format!("decision {id}: outcome set to {outcome}"));
         }
         let gist = a.gist.unwrap_or_default();
         if gist.trim().is_empty() {
-            return Err("gist is required: a short description of the task (never the prompt)".into());
+            return Err(
+                "gist is required: a short description of the task (never the prompt)".into(),
+            );
         }
         let findings = gate::scan(&gist);
         if let Some(f) = findings.first() {
@@ -315,7 +373,11 @@ impl Server {
         let gate_name = match a.gate.as_deref() {
             None | Some("none") | Some("") => None,
             Some(g @ ("sensitivity" | "capability")) => Some(g.to_owned()),
-            Some(other) => return Err(format!("gate `{other}` must be sensitivity, capability or none")),
+            Some(other) => {
+                return Err(format!(
+                    "gate `{other}` must be sensitivity, capability or none"
+                ));
+            }
         };
         let d = decisions::Decision {
             gist: gist.chars().take(decisions::MAX_GIST).collect(),
@@ -329,7 +391,11 @@ impl Server {
             budget_mode: Some(self.engine.budget().mode.as_str().into()),
         };
         let id = log.record(&d, now_ms()).map_err(|e| e.to_string())?;
-        let cut = if gist.chars().count() > decisions::MAX_GIST { " (gist cut to 200 characters)" } else { "" };
+        let cut = if gist.chars().count() > decisions::MAX_GIST {
+            " (gist cut to 200 characters)"
+        } else {
+            ""
+        };
         Ok(format!("logged decision {id}{cut}"))
     }
 }
@@ -351,7 +417,7 @@ fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -368,11 +434,20 @@ pub fn render_served(s: &Served) -> String {
         out.push_str(&format!(" (reported as {r})"));
     }
     let est = if s.estimated { " (estimated)" } else { "" };
-    out.push_str(&format!(" · {} prompt + {} completion tokens{est} · {} ms", s.prompt_tokens, s.completion_tokens, s.latency_ms));
+    out.push_str(&format!(
+        " · {} prompt + {} completion tokens{est} · {} ms",
+        s.prompt_tokens, s.completion_tokens, s.latency_ms
+    ));
     let n = s.attempts.len();
     if n > 1 {
-        let failed: Vec<String> = s.attempts[..n - 1].iter().map(|a| format!("{}: {}", a.model, a.outcome)).collect();
-        out.push_str(&format!(" · {n} attempts (failed over from {})", failed.join("; ")));
+        let failed: Vec<String> = s.attempts[..n - 1]
+            .iter()
+            .map(|a| format!("{}: {}", a.model, a.outcome))
+            .collect();
+        out.push_str(&format!(
+            " · {n} attempts (failed over from {})",
+            failed.join("; ")
+        ));
     } else {
         out.push_str(" · 1 attempt");
     }
@@ -418,11 +493,13 @@ macro_rules! log_fields {
     ($t:ty) => {
         impl $t {
             fn log_fields(&self) -> Option<LogFields> {
-                (self.gist.is_some() || self.score.is_some() || self.task_type.is_some()).then(|| LogFields {
-                    gist: self.gist.clone(),
-                    score: self.score.filter(|s| (1..=10).contains(s)),
-                    task_type: self.task_type.clone(),
-                })
+                (self.gist.is_some() || self.score.is_some() || self.task_type.is_some()).then(
+                    || LogFields {
+                        gist: self.gist.clone(),
+                        score: self.score.filter(|s| (1..=10).contains(s)),
+                        task_type: self.task_type.clone(),
+                    },
+                )
             }
         }
     };
@@ -457,7 +534,11 @@ impl ServerHandler for Server {
         info
     }
 
-    async fn initialize(&self, request: InitializeRequestParams, context: RequestContext<RoleServer>) -> Result<InitializeResult, ErrorData> {
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
         let mut result = self.negotiate_initialize(&request)?;
         result.instructions = Some(self.instructions());
@@ -469,40 +550,61 @@ impl ServerHandler for Server {
         Ok(result)
     }
 
-    async fn list_tools(&self, _request: Option<PaginatedRequestParams>, _context: RequestContext<RoleServer>) -> Result<ListToolsResult, ErrorData> {
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
         Ok(ListToolsResult::with_all_items(Self::tools()))
     }
 
-    async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, ErrorData> {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         if !Self::tools().iter().any(|t| t.name == name) {
-            return Err(ErrorData::invalid_params(format!("unknown tool `{name}`; the tools are delegate, fanout, list_models, claude_budget, log_route_decision"), None));
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "unknown tool `{name}`; the tools are delegate, fanout, list_models, claude_budget, log_route_decision"
+                ),
+                None,
+            ));
         }
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let progress: Option<Box<dyn Fn(f64, f64, String) + Send + Sync>> = context.meta.get_progress_token().map(|token| {
+        let mut forwarder = None;
+        let progress: Option<Progress> = context.meta.get_progress_token().map(|token| {
             let peer = context.peer.clone();
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f64, f64, String)>();
-            tokio::spawn(async move {
+            forwarder = Some(tokio::spawn(async move {
                 while let Some((done, total, msg)) = rx.recv().await {
-                    let p = ProgressNotificationParam::new(token.clone(), done).with_total(total).with_message(msg);
+                    let p = ProgressNotificationParam::new(token.clone(), done)
+                        .with_total(total)
+                        .with_message(msg);
                     if peer.notify_progress(p).await.is_err() {
                         break;
                     }
                 }
-            });
+            }));
             Box::new(move |d, t, m| {
                 let _ = tx.send((d, t, m));
-            }) as Box<dyn Fn(f64, f64, String) + Send + Sync>
+            }) as Progress
         });
         let work = self.call(&name, args, progress);
-        tokio::select! {
-            r = work => Ok(r.expect("known tool").into()),
+        let result = tokio::select! {
+            r = work => r.expect("known tool"),
             _ = context.ct.cancelled() => {
                 // Dropping `work` aborts in-flight HTTP calls and releases their leases.
                 tracing::info!(tool = %name, "cancelled by the client");
-                Err(ErrorData::internal_error("cancelled by the client", None))
+                return Err(ErrorData::internal_error("cancelled by the client", None));
             }
+        };
+        // Every progress notification goes out before the result does.
+        if let Some(f) = forwarder {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), f).await;
         }
+        Ok(result.into())
     }
 }
 
@@ -533,7 +635,18 @@ mod tests {
     fn instructions_fit_and_carry_the_rubric() {
         let text = server().instructions();
         assert!(text.len() <= CLAUDE_CODE_TEXT_LIMIT, "{} chars", text.len());
-        for must in ["Sensitivity", "Capability", "1-3", "4-6", "7-8", "9-10", "log_route_decision", "Read every pool answer", "Budget mode now", "ceiling"] {
+        for must in [
+            "Sensitivity",
+            "Capability",
+            "1-3",
+            "4-6",
+            "7-8",
+            "9-10",
+            "log_route_decision",
+            "Read every pool answer",
+            "Budget mode now",
+            "ceiling",
+        ] {
             assert!(text.contains(must), "missing {must}");
         }
         assert!(!text.contains('{'), "a placeholder was left: {text}");
@@ -543,10 +656,28 @@ mod tests {
     fn tool_schemas_are_objects_and_descriptions_fit() {
         let tools = Server::tools();
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-        assert_eq!(names, ["delegate", "fanout", "list_models", "claude_budget", "log_route_decision"]);
+        assert_eq!(
+            names,
+            [
+                "delegate",
+                "fanout",
+                "list_models",
+                "claude_budget",
+                "log_route_decision"
+            ]
+        );
         for t in &tools {
-            assert_eq!(t.input_schema.get("type"), Some(&json!("object")), "{}", t.name);
-            assert!(t.description.as_ref().unwrap().len() < CLAUDE_CODE_TEXT_LIMIT, "{}", t.name);
+            assert_eq!(
+                t.input_schema.get("type"),
+                Some(&json!("object")),
+                "{}",
+                t.name
+            );
+            assert!(
+                t.description.as_ref().unwrap().len() < CLAUDE_CODE_TEXT_LIMIT,
+                "{}",
+                t.name
+            );
             assert!(t.annotations.is_some(), "{}", t.name);
         }
     }
@@ -554,14 +685,24 @@ mod tests {
     #[test]
     fn every_schema_property_is_accepted_by_its_parser() {
         for t in Server::tools() {
-            let props = t.input_schema.get("properties").and_then(|p| p.as_object()).unwrap();
+            let props = t
+                .input_schema
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .unwrap();
             let mut example = serde_json::Map::new();
             for (k, v) in props {
                 let value = match v.get("type").and_then(|t| t.as_str()) {
                     Some("integer") => json!(2),
                     Some("number") => json!(0.5),
-                    Some("array") => json!([{"prompt": "p", "id": "a", "model": "auto", "system": "s", "max_tokens": 5, "gist": "g", "score": 2, "task_type": "x"}]),
-                    _ => v.get("enum").and_then(|e| e.get(0)).cloned().unwrap_or(json!("text")),
+                    Some("array") => {
+                        json!([{"prompt": "p", "id": "a", "model": "auto", "system": "s", "max_tokens": 5, "gist": "g", "score": 2, "task_type": "x"}])
+                    }
+                    _ => v
+                        .get("enum")
+                        .and_then(|e| e.get(0))
+                        .cloned()
+                        .unwrap_or(json!("text")),
                 };
                 example.insert(k.clone(), value);
             }
@@ -587,16 +728,30 @@ mod tests {
             estimated: false,
             latency_ms: 40,
             attempts: vec![
-                dispatch::Attempt { model: "cerebras/x".into(), outcome: "429 rate limited".into(), ms: 5 },
-                dispatch::Attempt { model: "groq/llama".into(), outcome: "ok".into(), ms: 30 },
+                dispatch::Attempt {
+                    model: "cerebras/x".into(),
+                    outcome: "429 rate limited".into(),
+                    ms: 5,
+                },
+                dispatch::Attempt {
+                    model: "groq/llama".into(),
+                    outcome: "ok".into(),
+                    ms: 30,
+                },
             ],
             truncated: false,
             trains_on_prompts: None,
             decision_id: Some(7),
         };
         let text = render_served(&s);
-        assert!(text.starts_with("the answer\n\n---\nserved by groq/llama"), "{text}");
-        assert!(text.contains("2 attempts (failed over from cerebras/x: 429 rate limited)"), "{text}");
+        assert!(
+            text.starts_with("the answer\n\n---\nserved by groq/llama"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 attempts (failed over from cerebras/x: 429 rate limited)"),
+            "{text}"
+        );
         assert!(text.contains("decision_id=7"), "{text}");
     }
 }

@@ -43,13 +43,21 @@ pub struct UnknownModel {
 
 /// Parses `auto`, `provider/model`, a family, or a bare model id.
 pub fn parse_selector(catalog: &Catalog, asked: Option<&str>) -> Result<Selector, UnknownModel> {
-    let Some(asked) = asked.map(str::trim).filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("auto")) else {
+    let Some(asked) = asked
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("auto"))
+    else {
         return Ok(Selector::Auto);
     };
     if let Some((p, m)) = asked.split_once('/')
-        && catalog.provider(p).is_some_and(|prov| prov.models.iter().any(|x| x.id == m))
+        && catalog
+            .provider(p)
+            .is_some_and(|prov| prov.models.iter().any(|x| x.id == m))
     {
-        return Ok(Selector::Exact { provider: p.to_owned(), model: m.to_owned() });
+        return Ok(Selector::Exact {
+            provider: p.to_owned(),
+            model: m.to_owned(),
+        });
     }
     let lower = asked.to_lowercase();
     if catalog.models().any(|(_, m)| m.family == lower) {
@@ -58,17 +66,26 @@ pub fn parse_selector(catalog: &Catalog, asked: Option<&str>) -> Result<Selector
     // A bare model id that one provider serves.
     let matching: Vec<_> = catalog.models().filter(|(_, m)| m.id == asked).collect();
     if let [(p, m)] = matching[..] {
-        return Ok(Selector::Exact { provider: p.id.clone(), model: m.id.clone() });
+        return Ok(Selector::Exact {
+            provider: p.id.clone(),
+            model: m.id.clone(),
+        });
     }
     if let Some((_, m)) = matching.first() {
         return Ok(Selector::Family(m.family.clone()));
     }
-    Err(UnknownModel { asked: asked.to_owned(), suggestions: suggestions(catalog, asked) })
+    Err(UnknownModel {
+        asked: asked.to_owned(),
+        suggestions: suggestions(catalog, asked),
+    })
 }
 
 fn suggestions(catalog: &Catalog, asked: &str) -> Vec<String> {
     let lower = asked.to_lowercase();
-    let mut names: Vec<String> = catalog.models().map(|(p, m)| format!("{}/{}", p.id, m.id)).collect();
+    let mut names: Vec<String> = catalog
+        .models()
+        .map(|(p, m)| format!("{}/{}", p.id, m.id))
+        .collect();
     names.extend(catalog.models().map(|(_, m)| m.family.clone()));
     names.sort();
     names.dedup();
@@ -77,7 +94,8 @@ fn suggestions(catalog: &Catalog, asked: &str) -> Vec<String> {
         .map(|n| {
             let l = n.to_lowercase();
             let tail = l.rsplit('/').next().unwrap_or(&l).to_owned();
-            let mut score = strsim::jaro_winkler(&lower, &l).max(strsim::jaro_winkler(&lower, &tail));
+            let mut score =
+                strsim::jaro_winkler(&lower, &l).max(strsim::jaro_winkler(&lower, &tail));
             if l.contains(&lower) || lower.contains(&tail) {
                 score += 0.2;
             }
@@ -187,12 +205,22 @@ impl std::fmt::Display for Reason {
         match self {
             Reason::NoKey(v) => write!(f, "no key (set {v})"),
             Reason::MissingVar(v) => write!(f, "{v} is not set"),
-            Reason::TooBig { need, context } => write!(f, "needs ~{need} tokens, context is {context}"),
-            Reason::OverTokenLimit { need, max } => write!(f, "needs ~{need} tokens, per-minute limit is {max}"),
+            Reason::TooBig { need, context } => {
+                write!(f, "needs ~{need} tokens, context is {context}")
+            }
+            Reason::OverTokenLimit { need, max } => {
+                write!(f, "needs ~{need} tokens, per-minute limit is {max}")
+            }
             Reason::Failed(why) => write!(f, "failed in this call: {why}"),
-            Reason::Blocked(Blocked::Benched { reason, .. }) => write!(f, "cooling down after {reason}"),
-            Reason::Blocked(Blocked::Full { limit, used, max, .. }) => write!(f, "{limit} used up ({used}/{max})"),
-            Reason::Blocked(Blocked::Busy { in_flight }) => write!(f, "busy ({in_flight} in flight, at its concurrency cap)"),
+            Reason::Blocked(Blocked::Benched { reason, .. }) => {
+                write!(f, "cooling down after {reason}")
+            }
+            Reason::Blocked(Blocked::Full {
+                limit, used, max, ..
+            }) => write!(f, "{limit} used up ({used}/{max})"),
+            Reason::Blocked(Blocked::Busy { in_flight }) => {
+                write!(f, "busy ({in_flight} in flight, at its concurrency cap)")
+            }
         }
     }
 }
@@ -225,7 +253,9 @@ impl Plan<'_> {
 
     /// Whether some rejected candidate is only waiting on requests in flight.
     pub fn has_busy(&self) -> bool {
-        self.rejected.iter().any(|r| matches!(r.reason, Reason::Blocked(Blocked::Busy { .. })))
+        self.rejected
+            .iter()
+            .any(|r| matches!(r.reason, Reason::Blocked(Blocked::Busy { .. })))
     }
 }
 
@@ -260,23 +290,44 @@ fn key_slots(p: &Provider) -> Result<Vec<(Option<usize>, String)>, Reason> {
                     other => other.to_string(),
                 })
                 .collect();
-            Err(Reason::NoKey(if vars.is_empty() { "a key in your config".into() } else { vars.join(" or ") }))
+            Err(Reason::NoKey(if vars.is_empty() {
+                "a key in your config".into()
+            } else {
+                vars.join(" or ")
+            }))
         }
         _ => Ok(keyed),
     }
 }
 
 fn tpm_of(limits: &[Limit]) -> Option<u64> {
-    limits.iter().filter(|l| l.key() == "tpm").map(|l| l.max).min()
+    limits
+        .iter()
+        .filter(|l| l.key() == "tpm")
+        .map(|l| l.max)
+        .min()
 }
 
 /// Ranks every candidate for `req`. `rotation` varies between calls to spread load.
-pub fn plan<'c>(catalog: &'c Catalog, req: &Request, snap: &UsageSnapshot, excluded: &[Exclusion], rotation: u64) -> Plan<'c> {
+pub fn plan<'c>(
+    catalog: &'c Catalog,
+    req: &Request,
+    snap: &UsageSnapshot,
+    excluded: &[Exclusion],
+    rotation: u64,
+) -> Plan<'c> {
     let mut candidates = Vec::new();
     let mut rejected = Vec::new();
-    for (p, m) in catalog.models().filter(|(p, m)| selected(&req.selector, p, m)) {
+    for (p, m) in catalog
+        .models()
+        .filter(|(p, m)| selected(&req.selector, p, m))
+    {
         let id = format!("{}/{}", p.id, m.id);
-        let reject = |reason: Reason, frees_at: Option<Millis>| Rejection { id: id.clone(), reason, frees_at };
+        let reject = |reason: Reason, frees_at: Option<Millis>| Rejection {
+            id: id.clone(),
+            reason,
+            frees_at,
+        };
         let slots = match key_slots(p) {
             Ok(s) => s,
             Err(reason) => {
@@ -285,20 +336,40 @@ pub fn plan<'c>(catalog: &'c Catalog, req: &Request, snap: &UsageSnapshot, exclu
             }
         };
         let prompt_tokens = snap.estimate_tokens(&p.id, req.prompt_chars);
-        let output = req.max_tokens.unwrap_or(req.output_reserve).min(m.max_output) as u64;
+        let output = req
+            .max_tokens
+            .unwrap_or(req.output_reserve)
+            .min(m.max_output) as u64;
         let need = prompt_tokens + output;
         if need > m.context as u64 {
-            rejected.push(reject(Reason::TooBig { need, context: m.context }, None));
+            rejected.push(reject(
+                Reason::TooBig {
+                    need,
+                    context: m.context,
+                },
+                None,
+            ));
             continue;
         }
         // Reserve at most `output_reserve` for the answer against quota: reserving
         // a full max_tokens makes small per-minute limits look full for nothing.
         let lease_tokens = prompt_tokens + output.min(req.output_reserve as u64);
-        let pool_tpm = p.pools.iter().filter(|pl| pl.covers(&m.id)).filter_map(|pl| tpm_of(&pl.limits)).min();
+        let pool_tpm = p
+            .pools
+            .iter()
+            .filter(|pl| pl.covers(&m.id))
+            .filter_map(|pl| tpm_of(&pl.limits))
+            .min();
         if let Some(max) = tpm_of(&m.limits).into_iter().chain(pool_tpm).min()
             && lease_tokens > max
         {
-            rejected.push(reject(Reason::OverTokenLimit { need: lease_tokens, max }, None));
+            rejected.push(reject(
+                Reason::OverTokenLimit {
+                    need: lease_tokens,
+                    max,
+                },
+                None,
+            ));
             continue;
         }
         let mut last_block = None;
@@ -332,7 +403,10 @@ pub fn plan<'c>(catalog: &'c Catalog, req: &Request, snap: &UsageSnapshot, exclu
         }
     }
     rank(&mut candidates, &req.selector, snap, rotation);
-    Plan { candidates, rejected }
+    Plan {
+        candidates,
+        rejected,
+    }
 }
 
 fn rank(cands: &mut [Candidate<'_>], _sel: &Selector, snap: &UsageSnapshot, rotation: u64) {
@@ -349,7 +423,16 @@ fn rank(cands: &mut [Candidate<'_>], _sel: &Selector, snap: &UsageSnapshot, rota
                 .copied()
                 .unwrap_or(0);
             let turn = (i as u64 + n - rotation % n) % n;
-            ((-(priority as i64), c.model.tier, -quarter, failures.min(3), turn), i)
+            (
+                (
+                    -(priority as i64),
+                    c.model.tier,
+                    -quarter,
+                    failures.min(3),
+                    turn,
+                ),
+                i,
+            )
         })
         .collect();
     keyed.sort();
@@ -359,11 +442,19 @@ fn rank(cands: &mut [Candidate<'_>], _sel: &Selector, snap: &UsageSnapshot, rota
 }
 
 /// The largest prompt (in tokens) auto-routing can take now, and the model behind it.
-pub fn context_ceiling(catalog: &Catalog, snap: &UsageSnapshot, output_reserve: u32) -> Option<(u64, String)> {
+pub fn context_ceiling(
+    catalog: &Catalog,
+    snap: &UsageSnapshot,
+    output_reserve: u32,
+) -> Option<(u64, String)> {
     catalog
         .models()
         .filter(|(p, m)| {
-            key_slots(p).is_ok_and(|slots| slots.iter().any(|(_, fp)| snap.bench_of(&p.id, &m.id, fp).is_none()))
+            key_slots(p).is_ok_and(|slots| {
+                slots
+                    .iter()
+                    .any(|(_, fp)| snap.bench_of(&p.id, &m.id, fp).is_none())
+            })
         })
         .map(|(p, m)| {
             let room = (m.context as u64).saturating_sub(output_reserve.min(m.max_output) as u64);
@@ -423,7 +514,12 @@ context = 8000
 "#;
 
     fn req(selector: Selector, chars: usize) -> Request {
-        Request { selector, prompt_chars: chars, max_tokens: None, output_reserve: 500 }
+        Request {
+            selector,
+            prompt_chars: chars,
+            max_tokens: None,
+            output_reserve: 500,
+        }
     }
 
     fn ids(plan: &Plan<'_>) -> Vec<String> {
@@ -437,10 +533,22 @@ context = 8000
         assert_eq!(parse_selector(&cat, Some("auto")).unwrap(), Selector::Auto);
         assert_eq!(
             parse_selector(&cat, Some("ta/small")).unwrap(),
-            Selector::Exact { provider: "ta".into(), model: "small".into() }
+            Selector::Exact {
+                provider: "ta".into(),
+                model: "small".into()
+            }
         );
-        assert_eq!(parse_selector(&cat, Some("fam")).unwrap(), Selector::Family("fam".into()));
-        assert_eq!(parse_selector(&cat, Some("big2")).unwrap(), Selector::Exact { provider: "tb".into(), model: "big2".into() });
+        assert_eq!(
+            parse_selector(&cat, Some("fam")).unwrap(),
+            Selector::Family("fam".into())
+        );
+        assert_eq!(
+            parse_selector(&cat, Some("big2")).unwrap(),
+            Selector::Exact {
+                provider: "tb".into(),
+                model: "big2".into()
+            }
+        );
         let err = parse_selector(&cat, Some("ta/smal")).unwrap_err();
         assert!(err.suggestions.contains(&"ta/small".to_owned()), "{err}");
         assert!(err.to_string().contains("did you mean"), "{err}");
@@ -451,7 +559,11 @@ context = 8000
         let cat = catalog(TWO);
         let snap = UsageSnapshot::default();
         let plan = plan(&cat, &req(Selector::Auto, 300), &snap, &[], 0);
-        assert_eq!(plan.candidates.last().unwrap().id(), "ta/small", "tier 4 comes last");
+        assert_eq!(
+            plan.candidates.last().unwrap().id(),
+            "ta/small",
+            "tier 4 comes last"
+        );
         let nokey = plan.rejected.iter().find(|r| r.id == "tnokey/x").unwrap();
         assert_eq!(nokey.reason.to_string(), "no key (set NOT_SET)");
     }
@@ -461,8 +573,13 @@ context = 8000
         let cat = catalog(TWO);
         let snap = UsageSnapshot::default();
         let r = req(Selector::Family("fam".into()), 300);
-        let first: Vec<String> = (0..4).map(|rot| ids(&plan(&cat, &r, &snap, &[], rot))[0].clone()).collect();
-        assert!(first.contains(&"ta/big".to_owned()) && first.contains(&"tb/big2".to_owned()), "{first:?}");
+        let first: Vec<String> = (0..4)
+            .map(|rot| ids(&plan(&cat, &r, &snap, &[], rot))[0].clone())
+            .collect();
+        assert!(
+            first.contains(&"ta/big".to_owned()) && first.contains(&"tb/big2".to_owned()),
+            "{first:?}"
+        );
     }
 
     #[test]
@@ -481,10 +598,25 @@ context = 8000
     #[test]
     fn full_and_benched_candidates_say_when_they_return() {
         let cat = catalog(TWO);
-        let mut snap = UsageSnapshot { now: 1_000_000, ..Default::default() };
-        let fp_a = cat.provider("ta").unwrap().keys[0].key.as_ref().unwrap().fingerprint();
-        let fp_b = cat.provider("tb").unwrap().keys[0].key.as_ref().unwrap().fingerprint();
-        let counts = Counts { requests: [10, 10, 10, 10], oldest: [Some(990_000); 4], ..Default::default() };
+        let mut snap = UsageSnapshot {
+            now: 1_000_000,
+            ..Default::default()
+        };
+        let fp_a = cat.provider("ta").unwrap().keys[0]
+            .key
+            .as_ref()
+            .unwrap()
+            .fingerprint();
+        let fp_b = cat.provider("tb").unwrap().keys[0]
+            .key
+            .as_ref()
+            .unwrap()
+            .fingerprint();
+        let counts = Counts {
+            requests: [10, 10, 10, 10],
+            oldest: [Some(990_000); 4],
+            ..Default::default()
+        };
         snap.usage.insert(("ta".into(), "big".into(), fp_a), counts);
         snap.cooldowns.push(Cooldown {
             scope: BenchScope::key("tb", &fp_b),
@@ -493,7 +625,13 @@ context = 8000
             reason: "429 rate limited".into(),
             strikes: 1,
         });
-        let plan = plan(&cat, &req(Selector::Family("fam".into()), 300), &snap, &[], 0);
+        let plan = plan(
+            &cat,
+            &req(Selector::Family("fam".into()), 300),
+            &snap,
+            &[],
+            0,
+        );
         assert!(plan.candidates.is_empty());
         let a = plan.rejected.iter().find(|r| r.id == "ta/big").unwrap();
         assert_eq!(a.frees_at, Some(1_050_000), "oldest request + 60 s");
@@ -507,10 +645,20 @@ context = 8000
     fn exclusions_follow_their_scope() {
         let cat = catalog(TWO);
         let snap = UsageSnapshot::default();
-        let ex = Exclusion { skip: Skip::Provider, provider: "ta".into(), model: "big".into(), key_fp: "x".into(), reason: "503 server error".into() };
+        let ex = Exclusion {
+            skip: Skip::Provider,
+            provider: "ta".into(),
+            model: "big".into(),
+            key_fp: "x".into(),
+            reason: "503 server error".into(),
+        };
         let plan = plan(&cat, &req(Selector::Auto, 300), &snap, &[ex], 0);
         assert_eq!(ids(&plan), vec!["tb/big2"]);
-        assert!(plan.rejected.iter().any(|r| r.id == "ta/small" && r.reason.to_string().contains("503")));
+        assert!(
+            plan.rejected
+                .iter()
+                .any(|r| r.id == "ta/small" && r.reason.to_string().contains("503"))
+        );
     }
 
     #[test]

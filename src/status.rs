@@ -24,11 +24,19 @@ fn compact(n: u64) -> String {
 
 fn key_fps(p: &Provider) -> Vec<String> {
     let fps: Vec<String> = p.usable_keys().map(|k| k.fingerprint()).collect();
-    if fps.is_empty() && p.is_keyless() { vec![ANON.to_owned()] } else { fps }
+    if fps.is_empty() && p.is_keyless() {
+        vec![ANON.to_owned()]
+    } else {
+        fps
+    }
 }
 
 fn until(t: Millis, now: Millis) -> String {
-    format!("{} ({})", budget::iso(t / 1000), budget::relative((t - now) / 1000))
+    format!(
+        "{} ({})",
+        budget::iso(t / 1000),
+        budget::relative((t - now) / 1000)
+    )
 }
 
 /// The `list_models` text: usable models, compact, one line each.
@@ -65,7 +73,10 @@ pub fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
             }
             let Some(h) = best else {
                 if let Some(b) = block {
-                    let back = b.frees_at().map(|t| format!(" until {}", until(t, snap.now))).unwrap_or_default();
+                    let back = b
+                        .frees_at()
+                        .map(|t| format!(" until {}", until(t, snap.now)))
+                        .unwrap_or_default();
                     let why = match &b {
                         Blocked::Benched { reason, .. } => reason.clone(),
                         Blocked::Full { limit, .. } => format!("{limit} used up"),
@@ -92,18 +103,39 @@ pub fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
             if m.vision {
                 notes.push("vision");
             }
-            let family = if m.family != m.id.to_lowercase() { format!(" [{}]", m.family) } else { String::new() };
-            let notes = if notes.is_empty() { String::new() } else { format!(" · {}", notes.join(", ")) };
-            lines.push(format!("{}/{}{family} · ctx {} · tier {} · {left}{notes}", p.id, m.id, compact(m.context as u64), m.tier));
+            let family = if m.family != m.id.to_lowercase() {
+                format!(" [{}]", m.family)
+            } else {
+                String::new()
+            };
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" · {}", notes.join(", "))
+            };
+            lines.push(format!(
+                "{}/{}{family} · ctx {} · tier {} · {left}{notes}",
+                p.id,
+                m.id,
+                compact(m.context as u64),
+                m.tier
+            ));
         }
         if any {
             providers += 1;
         }
     }
     let ceiling = router::context_ceiling(catalog, snap, catalog.settings.output_reserve);
-    let mut out = format!("{} models usable now on {providers} providers.", lines.len());
+    let mut out = format!(
+        "{} models usable now on {providers} providers.",
+        lines.len()
+    );
     match ceiling {
-        Some((tokens, id)) => out.push_str(&format!(" Auto context ceiling: {} tokens (~{} characters), on {id}.", compact(tokens), compact(tokens * 3))),
+        Some((tokens, id)) => out.push_str(&format!(
+            " Auto context ceiling: {} tokens (~{} characters), on {id}.",
+            compact(tokens),
+            compact(tokens * 3)
+        )),
         None => out.push_str(" Nothing can be delegated until a provider key is set."),
     }
     out.push_str(" Tier 1 is the strongest, 4 the smallest. Pass an id or a [family] as delegate's model, or omit it.\n");
@@ -131,7 +163,16 @@ pub fn budget_text(b: &Assessment, now: i64) -> String {
     for (name, w) in [("weekly", b.weekly), ("5-hour", b.five_hour)] {
         match w {
             Some(w) => {
-                let reset = w.resets_at.map(|r| format!(", resets {} ({})", budget::iso(r), budget::relative(r - now))).unwrap_or_default();
+                let reset = w
+                    .resets_at
+                    .map(|r| {
+                        format!(
+                            ", resets {} ({})",
+                            budget::iso(r),
+                            budget::relative(r - now)
+                        )
+                    })
+                    .unwrap_or_default();
                 out.push_str(&format!("\n{name}: {:.0}% used{reset}", w.used_percentage));
             }
             None => out.push_str(&format!("\n{name}: unknown")),
@@ -211,13 +252,33 @@ pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> Sta
         let sources: Vec<String> = p
             .keys
             .iter()
-            .filter_map(|k| k.key.as_ref().map(|key| format!("{} from {}", key.fingerprint(), describe(&k.source))))
+            .filter_map(|k| {
+                k.key
+                    .as_ref()
+                    .map(|key| format!("{} from {}", key.fingerprint(), describe(&k.source)))
+            })
             .collect();
-        keys.push((p.id.clone(), if sources.is_empty() { vec![ANON.to_owned()] } else { sources }));
-        let key_groups: Vec<String> = if p.keys_stack { fps.clone() } else { vec![fps.first().cloned().unwrap_or_default()] };
+        keys.push((
+            p.id.clone(),
+            if sources.is_empty() {
+                vec![ANON.to_owned()]
+            } else {
+                sources
+            },
+        ));
+        let key_groups: Vec<String> = if p.keys_stack {
+            fps.clone()
+        } else {
+            vec![fps.first().cloned().unwrap_or_default()]
+        };
         for fp in &key_groups {
-            let shown = if p.keys_stack || fp == ANON { fp.clone() } else { "shared".to_owned() };
-            let mut scopes: Vec<(String, &[crate::config::Limit], crate::ledger::Counts)> = Vec::new();
+            let shown = if p.keys_stack || fp == ANON {
+                fp.clone()
+            } else {
+                "shared".to_owned()
+            };
+            let mut scopes: Vec<(String, &[crate::config::Limit], crate::ledger::Counts)> =
+                Vec::new();
             for m in &p.models {
                 let c = sum(snap, p, |model| model == m.id, fp);
                 scopes.push((format!("{}/{}", p.id, m.id), &m.limits, c));
@@ -246,12 +307,26 @@ pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> Sta
                     if let Some(r) = reset {
                         soonest = Some(soonest.map_or(r, |s| s.min(r)));
                     }
-                    lu.push(LimitUse { limit: l.key(), used, max: l.max, resets_at: reset.map(|r| budget::iso(r / 1000)) });
+                    lu.push(LimitUse {
+                        limit: l.key(),
+                        used,
+                        max: l.max,
+                        resets_at: reset.map(|r| budget::iso(r / 1000)),
+                    });
                 }
                 if lu.is_empty() {
-                    lu.push(LimitUse { limit: "requests today", used: c.requests[2], max: 0, resets_at: None });
+                    lu.push(LimitUse {
+                        limit: "requests today",
+                        used: c.requests[2],
+                        max: 0,
+                        resets_at: None,
+                    });
                 }
-                usage.push(ScopeUse { scope, key: shown.clone(), limits: lu });
+                usage.push(ScopeUse {
+                    scope,
+                    key: shown.clone(),
+                    limits: lu,
+                });
             }
         }
     }
@@ -263,23 +338,47 @@ pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> Sta
             scope: format!(
                 "{}{}{}",
                 c.scope.provider,
-                if c.scope.model == "*" { String::new() } else { format!("/{}", c.scope.model) },
-                if c.scope.key_fp == "*" { String::new() } else { format!(" key {}", c.scope.key_fp) }
+                if c.scope.model == "*" {
+                    String::new()
+                } else {
+                    format!("/{}", c.scope.model)
+                },
+                if c.scope.key_fp == "*" {
+                    String::new()
+                } else {
+                    format!(" key {}", c.scope.key_fp)
+                }
             ),
             reason: c.reason.clone(),
-            source: if c.stated { "stated by provider" } else { "guessed back-off" },
+            source: if c.stated {
+                "stated by provider"
+            } else {
+                "guessed back-off"
+            },
             until: until(c.until, now),
         })
         .collect();
     let in_flight = snap.usage.values().map(|c| c.in_flight).sum();
-    StatusReport { ledger: ledger_path.to_owned(), keys, usage, cooldowns, in_flight, soonest_reset: soonest.map(|s| until(s, now)) }
+    StatusReport {
+        ledger: ledger_path.to_owned(),
+        keys,
+        usage,
+        cooldowns,
+        in_flight,
+        soonest_reset: soonest.map(|s| until(s, now)),
+    }
 }
 
 fn describe(s: &KeySource) -> String {
     s.to_string()
 }
 
-fn sum(snap: &UsageSnapshot, p: &Provider, pick: impl Fn(&str) -> bool, fp: &str) -> crate::ledger::Counts {
+fn sum(
+    snap: &UsageSnapshot,
+    p: &Provider,
+    pick: impl Fn(&str) -> bool,
+    fp: &str,
+) -> crate::ledger::Counts {
     let mut total = crate::ledger::Counts::default();
     for ((prov, model, key), c) in &snap.usage {
         if prov == &p.id && pick(model) && (!p.keys_stack || key == fp) {
@@ -311,16 +410,30 @@ pub fn report_text(r: &StatusReport) -> String {
         let limits: Vec<String> = u
             .limits
             .iter()
-            .map(|l| if l.max == 0 { format!("{} {}", l.used, l.limit) } else { format!("{} {}/{}", l.limit, l.used, l.max) })
+            .map(|l| {
+                if l.max == 0 {
+                    format!("{} {}", l.used, l.limit)
+                } else {
+                    format!("{} {}/{}", l.limit, l.used, l.max)
+                }
+            })
             .collect();
-        out.push_str(&format!("  {:<52} {:<14} {}\n", u.scope, u.key, limits.join("  ")));
+        out.push_str(&format!(
+            "  {:<52} {:<14} {}\n",
+            u.scope,
+            u.key,
+            limits.join("  ")
+        ));
     }
     out.push_str("\ncooldowns:\n");
     if r.cooldowns.is_empty() {
         out.push_str("  none\n");
     }
     for c in &r.cooldowns {
-        out.push_str(&format!("  {:<40} {} ({}) until {}\n", c.scope, c.reason, c.source, c.until));
+        out.push_str(&format!(
+            "  {:<40} {} ({}) until {}\n",
+            c.scope, c.reason, c.source, c.until
+        ));
     }
     out.push_str(&format!("\nin flight: {}\n", r.in_flight));
     if let Some(s) = &r.soonest_reset {
@@ -336,7 +449,15 @@ pub fn catalog_table(catalog: &Catalog) -> String {
         let status = if !p.missing_vars.is_empty() {
             format!("needs {}", p.missing_vars.join(", "))
         } else if p.usable_keys().next().is_some() {
-            let fps: Vec<String> = p.keys.iter().filter_map(|k| k.key.as_ref().map(|key| format!("{} ({})", key.fingerprint(), k.source))).collect();
+            let fps: Vec<String> = p
+                .keys
+                .iter()
+                .filter_map(|k| {
+                    k.key
+                        .as_ref()
+                        .map(|key| format!("{} ({})", key.fingerprint(), k.source))
+                })
+                .collect();
             format!("key {}", fps.join(", "))
         } else if p.is_keyless() {
             "keyless, anonymous (turn off: [settings] keyless = false)".into()
@@ -353,11 +474,19 @@ pub fn catalog_table(catalog: &Catalog) -> String {
         };
         out.push_str(&format!("{} — {} · {}{training}\n", p.id, p.name, status));
         for pool in &p.pools {
-            let limits: Vec<String> = pool.limits.iter().map(|l| format!("{}={}", l.key(), l.max)).collect();
+            let limits: Vec<String> = pool
+                .limits
+                .iter()
+                .map(|l| format!("{}={}", l.key(), l.max))
+                .collect();
             out.push_str(&format!("    pool {}: {}\n", pool.id, limits.join(" ")));
         }
         for m in &p.models {
-            let limits: Vec<String> = m.limits.iter().map(|l| format!("{}={}", l.key(), compact(l.max))).collect();
+            let limits: Vec<String> = m
+                .limits
+                .iter()
+                .map(|l| format!("{}={}", l.key(), compact(l.max)))
+                .collect();
             out.push_str(&format!(
                 "    {:<52} {:<26} ctx {:>6} tier {} {}\n",
                 m.id,
@@ -369,8 +498,15 @@ pub fn catalog_table(catalog: &Catalog) -> String {
         }
     }
     let n_models: usize = catalog.providers.iter().map(|p| p.models.len()).sum();
-    let usable = catalog.providers.iter().filter(|p| router::is_usable(p)).count();
-    out.push_str(&format!("\n{} providers, {n_models} models; {usable} providers usable now.\n", catalog.providers.len()));
+    let usable = catalog
+        .providers
+        .iter()
+        .filter(|p| router::is_usable(p))
+        .count();
+    out.push_str(&format!(
+        "\n{} providers, {n_models} models; {usable} providers usable now.\n",
+        catalog.providers.len()
+    ));
     if let Some(path) = &catalog.user_file {
         out.push_str(&format!("user file: {}\n", path.display()));
     }
@@ -383,21 +519,38 @@ mod tests {
 
     #[test]
     fn models_text_is_compact_and_marks_keyless() {
-        let cat = crate::config::load_from(None, &|n| (n == "GROQ_API_KEY").then(|| "k".to_owned()));
+        let cat =
+            crate::config::load_from(None, &|n| (n == "GROQ_API_KEY").then(|| "k".to_owned()));
         let text = models_text(&cat, &UsageSnapshot::default());
-        assert!(text.contains("groq/llama-3.3-70b-versatile [llama-3.3-70b]"), "{text}");
+        assert!(
+            text.contains("groq/llama-3.3-70b-versatile [llama-3.3-70b]"),
+            "{text}"
+        );
         assert!(text.contains("keyless, anonymous"), "{text}");
-        assert!(text.contains("not configured: cerebras no key ($CEREBRAS_API_KEY)"), "{text}");
+        assert!(
+            text.contains("not configured: cerebras no key ($CEREBRAS_API_KEY)"),
+            "{text}"
+        );
         assert!(text.contains("Auto context ceiling"), "{text}");
         // One line per usable model, none very long.
-        assert!(text.lines().all(|l| l.len() < 400 || l.starts_with("not ")), "{text}");
+        assert!(
+            text.lines().all(|l| l.len() < 400 || l.starts_with("not ")),
+            "{text}"
+        );
     }
 
     #[test]
     fn budget_text_says_source_and_threshold() {
-        let a = budget::assess(None, Some((budget::Mode::DelegateMore, "FREEPOOL_BUDGET_MODE".into())), 0);
+        let a = budget::assess(
+            None,
+            Some((budget::Mode::DelegateMore, "FREEPOOL_BUDGET_MODE".into())),
+            0,
+        );
         let t = budget_text(&a, 0);
-        assert!(t.contains("mode: delegate_more · delegation threshold 9"), "{t}");
+        assert!(
+            t.contains("mode: delegate_more · delegation threshold 9"),
+            "{t}"
+        );
         assert!(t.contains("pinned by FREEPOOL_BUDGET_MODE"), "{t}");
     }
 }

@@ -210,12 +210,19 @@ impl Failure {
     /// What to leave out for the rest of this call.
     pub fn skip(&self) -> Skip {
         match self {
-            Failure::RateLimited { .. } | Failure::Unauthorized | Failure::PaymentRequired => Skip::Key,
-            Failure::Forbidden => Skip::ModelForKey,
-            Failure::ModelGone | Failure::ContextTooLong | Failure::Rejected(_) | Failure::BadBody | Failure::Empty => {
-                Skip::Model
+            Failure::RateLimited { .. } | Failure::Unauthorized | Failure::PaymentRequired => {
+                Skip::Key
             }
-            Failure::Server(_) | Failure::FirstByteTimeout | Failure::Stalled | Failure::Transport => Skip::Provider,
+            Failure::Forbidden => Skip::ModelForKey,
+            Failure::ModelGone
+            | Failure::ContextTooLong
+            | Failure::Rejected(_)
+            | Failure::BadBody
+            | Failure::Empty => Skip::Model,
+            Failure::Server(_)
+            | Failure::FirstByteTimeout
+            | Failure::Stalled
+            | Failure::Transport => Skip::Provider,
         }
     }
 
@@ -224,7 +231,10 @@ impl Failure {
     pub fn bench(&self, strikes: u32) -> Option<(Duration, BenchSource)> {
         let mins = |m: u64| Duration::from_secs(m * 60);
         match self {
-            Failure::RateLimited { retry_after: Some(d), .. } => Some((*d.max(&Duration::from_secs(1)), BenchSource::Stated)),
+            Failure::RateLimited {
+                retry_after: Some(d),
+                ..
+            } => Some((*d.max(&Duration::from_secs(1)), BenchSource::Stated)),
             Failure::RateLimited { daily: true, .. } => Some((mins(60), BenchSource::Guessed)),
             Failure::RateLimited { .. } => {
                 // 90 s, doubling on repeats, capped at 10 minutes.
@@ -235,11 +245,19 @@ impl Failure {
             Failure::PaymentRequired => Some((mins(24 * 60), BenchSource::Guessed)),
             Failure::Forbidden => Some((mins(24 * 60), BenchSource::Guessed)),
             Failure::ModelGone => Some((mins(60 * (1 << strikes.min(4))), BenchSource::Guessed)),
-            Failure::Server(_) | Failure::FirstByteTimeout | Failure::Stalled | Failure::Transport => {
-                Some((Duration::from_secs(20u64 << strikes.min(4)), BenchSource::Guessed))
+            Failure::Server(_)
+            | Failure::FirstByteTimeout
+            | Failure::Stalled
+            | Failure::Transport => Some((
+                Duration::from_secs(20u64 << strikes.min(4)),
+                BenchSource::Guessed,
+            )),
+            Failure::Empty | Failure::BadBody if strikes >= 2 => {
+                Some((mins(5), BenchSource::Guessed))
             }
-            Failure::Empty | Failure::BadBody if strikes >= 2 => Some((mins(5), BenchSource::Guessed)),
-            Failure::ContextTooLong | Failure::Rejected(_) | Failure::Empty | Failure::BadBody => None,
+            Failure::ContextTooLong | Failure::Rejected(_) | Failure::Empty | Failure::BadBody => {
+                None
+            }
         }
     }
 
@@ -294,9 +312,15 @@ pub async fn call(target: &Target<'_>, req: &ChatRequest) -> Result<Completion, 
     let started = Instant::now();
     let mut messages = Vec::with_capacity(2);
     if let Some(system) = &req.system {
-        messages.push(WireMessage { role: "system", content: system });
+        messages.push(WireMessage {
+            role: "system",
+            content: system,
+        });
     }
-    messages.push(WireMessage { role: "user", content: &req.prompt });
+    messages.push(WireMessage {
+        role: "user",
+        content: &req.prompt,
+    });
     let body = WireRequest {
         model: target.model,
         messages,
@@ -312,14 +336,38 @@ pub async fn call(target: &Target<'_>, req: &ChatRequest) -> Result<Completion, 
     for (name, value) in target.headers {
         builder = builder.header(name, value);
     }
-    let fail = |failure: Failure, detail: String, rate: RateHeaders| AttemptError { failure, detail, rate };
+    let fail = |failure: Failure, detail: String, rate: RateHeaders| AttemptError {
+        failure,
+        detail,
+        rate,
+    };
 
     let response = match tokio::time::timeout(target.first_byte_timeout, builder.send()).await {
-        Err(_) => return Err(fail(Failure::FirstByteTimeout, String::new(), RateHeaders::default())),
-        Ok(Err(e)) if e.is_timeout() => return Err(fail(Failure::FirstByteTimeout, String::new(), RateHeaders::default())),
+        Err(_) => {
+            return Err(fail(
+                Failure::FirstByteTimeout,
+                String::new(),
+                RateHeaders::default(),
+            ));
+        }
+        Ok(Err(e)) if e.is_timeout() => {
+            return Err(fail(
+                Failure::FirstByteTimeout,
+                String::new(),
+                RateHeaders::default(),
+            ));
+        }
         Ok(Err(e)) => {
-            let detail = if e.is_connect() { "could not connect" } else { "request failed" };
-            return Err(fail(Failure::Transport, detail.into(), RateHeaders::default()));
+            let detail = if e.is_connect() {
+                "could not connect"
+            } else {
+                "request failed"
+            };
+            return Err(fail(
+                Failure::Transport,
+                detail.into(),
+                RateHeaders::default(),
+            ));
         }
         Ok(Ok(r)) => r,
     };
@@ -404,26 +452,48 @@ fn is_degenerate(text: &str) -> bool {
 /// Classifies a non-2xx answer.
 pub fn classify_status(status: u16, headers: &HeaderMap, body: &str) -> Failure {
     let lower = body.to_lowercase();
-    let context_msg = ["context length", "context_length", "maximum context", "too many tokens", "reduce the length", "prompt is too long"]
-        .iter()
-        .any(|p| lower.contains(p));
+    let context_msg = [
+        "context length",
+        "context_length",
+        "maximum context",
+        "too many tokens",
+        "reduce the length",
+        "prompt is too long",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
     match status {
         429 => Failure::RateLimited {
-            retry_after: retry_after(headers, body).or_else(|| rate_headers(headers).exhausted_for()),
-            daily: ["per day", "daily", "perday", "rpd", "tpd", "free allocation", "quota exceeded for quota metric"]
-                .iter()
-                .any(|p| lower.contains(p)),
+            retry_after: retry_after(headers, body)
+                .or_else(|| rate_headers(headers).exhausted_for()),
+            daily: [
+                "per day",
+                "daily",
+                "perday",
+                "rpd",
+                "tpd",
+                "free allocation",
+                "quota exceeded for quota metric",
+            ]
+            .iter()
+            .any(|p| lower.contains(p)),
             learned: learned_limit(body),
         },
         401 => Failure::Unauthorized,
-        400 if lower.contains("api_key_invalid") || lower.contains("api key not valid") => Failure::Unauthorized,
+        400 if lower.contains("api_key_invalid") || lower.contains("api key not valid") => {
+            Failure::Unauthorized
+        }
         402 => Failure::PaymentRequired,
         403 => Failure::Forbidden,
         400 if lower.contains("failed_precondition") => Failure::Forbidden,
         404 | 410 => Failure::ModelGone,
         413 => Failure::ContextTooLong,
         400..=499 if context_msg => Failure::ContextTooLong,
-        400..=499 if lower.contains("no endpoints") || lower.contains("model_not_found") || lower.contains("does not exist") => {
+        400..=499
+            if lower.contains("no endpoints")
+                || lower.contains("model_not_found")
+                || lower.contains("does not exist") =>
+        {
             Failure::ModelGone
         }
         400..=499 => Failure::Rejected(status),
@@ -432,7 +502,10 @@ pub fn classify_status(status: u16, headers: &HeaderMap, body: &str) -> Failure 
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// The wait a 429 states: `retry-after` (seconds or HTTP date), else a body hint.
@@ -442,7 +515,9 @@ pub fn retry_after(headers: &HeaderMap, body: &str) -> Option<Duration> {
             return Some(Duration::from_secs_f64(secs.max(0.0)));
         }
         if let Ok(when) = DateTime::parse_from_rfc2822(v) {
-            let secs = (when.with_timezone(&Utc) - Utc::now()).num_milliseconds().max(0) as u64;
+            let secs = (when.with_timezone(&Utc) - Utc::now())
+                .num_milliseconds()
+                .max(0) as u64;
             return Some(Duration::from_millis(secs));
         }
     }
@@ -470,7 +545,8 @@ pub fn body_retry_hint(body: &str) -> Option<Duration> {
 fn learned_limit(body: &str) -> Option<(&'static str, u64)> {
     static RE: OnceLock<Regex> = OnceLock::new();
     let re = RE.get_or_init(|| {
-        Regex::new(r"(?i)(tokens|requests) per (minute|day) \((TPM|RPM|TPD|RPD)\):\s*Limit\s*(\d+)").expect("static regex")
+        Regex::new(r"(?i)(tokens|requests) per (minute|day) \((TPM|RPM|TPD|RPD)\):\s*Limit\s*(\d+)")
+            .expect("static regex")
     });
     let caps = re.captures(body)?;
     let key = match caps[3].to_ascii_uppercase().as_str() {
@@ -491,7 +567,8 @@ pub fn rate_headers(headers: &HeaderMap) -> RateHeaders {
                 .and_then(|v| v.parse::<f64>().ok())
                 .map(|v| v.max(0.0) as u64);
             let Some(remaining) = remaining else { continue };
-            let reset = header_str(headers, &format!("x-ratelimit-reset-{what}{suffix}")).and_then(parse_reset);
+            let reset = header_str(headers, &format!("x-ratelimit-reset-{what}{suffix}"))
+                .and_then(parse_reset);
             // Keep the tightest window: an exhausted one wins.
             let better = match best {
                 None => true,
@@ -521,7 +598,9 @@ pub fn parse_reset(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs_f64(n.max(0.0)));
     }
     if let Ok(when) = DateTime::parse_from_rfc2822(v) {
-        let ms = (when.with_timezone(&Utc) - Utc::now()).num_milliseconds().max(0) as u64;
+        let ms = (when.with_timezone(&Utc) - Utc::now())
+            .num_milliseconds()
+            .max(0) as u64;
         return Some(Duration::from_millis(ms));
     }
     static RE: OnceLock<Regex> = OnceLock::new();
@@ -547,10 +626,15 @@ pub fn excerpt(body: &str, key: Option<&ApiKey>) -> String {
     let trimmed = body.trim();
     let lower = trimmed.to_lowercase();
     let mut text = if lower.starts_with("<!doctype") || lower.starts_with("<html") {
-        let title = lower
-            .find("<title>")
-            .and_then(|s| lower[s + 7..].find("</title>").map(|e| trimmed[s + 7..s + 7 + e].trim().to_owned()));
-        format!("HTML page{}", title.map(|t| format!(" \"{t}\"")).unwrap_or_default())
+        let title = lower.find("<title>").and_then(|s| {
+            lower[s + 7..]
+                .find("</title>")
+                .map(|e| trimmed[s + 7..s + 7 + e].trim().to_owned())
+        });
+        format!(
+            "HTML page{}",
+            title.map(|t| format!(" \"{t}\"")).unwrap_or_default()
+        )
     } else {
         // Prefer the provider's own message when the body is an OpenAI-style error.
         serde_json::from_str::<serde_json::Value>(trimmed)
@@ -588,7 +672,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -615,11 +702,20 @@ mod tests {
 
     #[test]
     fn retry_after_header_then_body_hints() {
-        assert_eq!(retry_after(&headers(&[("retry-after", "17")]), ""), Some(Duration::from_secs(17)));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "17")]), ""),
+            Some(Duration::from_secs(17))
+        );
         let body = r#"{"error":{"details":[{"retryDelay": "17s"}]}}"#;
-        assert_eq!(retry_after(&HeaderMap::new(), body), Some(Duration::from_secs(17)));
+        assert_eq!(
+            retry_after(&HeaderMap::new(), body),
+            Some(Duration::from_secs(17))
+        );
         let body = "Rate limit reached. Please try again in 7.66s.";
-        assert_eq!(retry_after(&HeaderMap::new(), body), Some(Duration::from_secs_f64(7.66)));
+        assert_eq!(
+            retry_after(&HeaderMap::new(), body),
+            Some(Duration::from_secs_f64(7.66))
+        );
         assert_eq!(retry_after(&HeaderMap::new(), "slow down"), None);
     }
 
@@ -628,15 +724,27 @@ mod tests {
         let h = HeaderMap::new();
         let cases: &[(u16, &str, Failure)] = &[
             (401, "", Failure::Unauthorized),
-            (400, r#"{"error":{"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#, Failure::Unauthorized),
-            (400, "FAILED_PRECONDITION: User location is not supported", Failure::Forbidden),
+            (
+                400,
+                r#"{"error":{"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#,
+                Failure::Unauthorized,
+            ),
+            (
+                400,
+                "FAILED_PRECONDITION: User location is not supported",
+                Failure::Forbidden,
+            ),
             (402, "", Failure::PaymentRequired),
             (403, "", Failure::Forbidden),
             (404, "", Failure::ModelGone),
             (410, "", Failure::ModelGone),
             (400, "No endpoints found for model", Failure::ModelGone),
             (413, "", Failure::ContextTooLong),
-            (400, "This model's maximum context length is 8192 tokens", Failure::ContextTooLong),
+            (
+                400,
+                "This model's maximum context length is 8192 tokens",
+                Failure::ContextTooLong,
+            ),
             (422, "unknown field", Failure::Rejected(422)),
             (500, "", Failure::Server(500)),
             (503, "<html>", Failure::Server(503)),
@@ -648,20 +756,46 @@ mod tests {
 
     #[test]
     fn rate_limit_details() {
-        let f = classify_status(429, &headers(&[("retry-after", "3")]), "daily free allocation used up");
-        assert_eq!(f, Failure::RateLimited { retry_after: Some(Duration::from_secs(3)), daily: true, learned: None });
+        let f = classify_status(
+            429,
+            &headers(&[("retry-after", "3")]),
+            "daily free allocation used up",
+        );
+        assert_eq!(
+            f,
+            Failure::RateLimited {
+                retry_after: Some(Duration::from_secs(3)),
+                daily: true,
+                learned: None
+            }
+        );
         let f = classify_status(
             429,
             &HeaderMap::new(),
             "Limit reached on tokens per minute (TPM): Limit 30000, Used 29000, Requested 2000",
         );
-        assert!(matches!(f, Failure::RateLimited { learned: Some(("tpm", 30000)), .. }), "{f:?}");
+        assert!(
+            matches!(
+                f,
+                Failure::RateLimited {
+                    learned: Some(("tpm", 30000)),
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
         let f = classify_status(
             429,
-            &headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "2m59.56s")]),
+            &headers(&[
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "2m59.56s"),
+            ]),
             "",
         );
-        assert!(matches!(f, Failure::RateLimited { retry_after: Some(d), .. } if d.as_secs() == 179), "{f:?}");
+        assert!(
+            matches!(f, Failure::RateLimited { retry_after: Some(d), .. } if d.as_secs() == 179),
+            "{f:?}"
+        );
     }
 
     #[test]
@@ -681,32 +815,60 @@ mod tests {
         let ok = r#"{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1},"model":"m"}"#;
         let c = parse_completion(ok, RateHeaders::default()).unwrap();
         assert_eq!(c.text, "hi");
-        assert_eq!(c.usage, Some(Usage { prompt: 3, completion: 1 }));
+        assert_eq!(
+            c.usage,
+            Some(Usage {
+                prompt: 3,
+                completion: 1
+            })
+        );
         let reasoning = r#"{"choices":[{"message":{"content":"","reasoning":"thought"}}]}"#;
-        assert_eq!(parse_completion(reasoning, RateHeaders::default()).unwrap().text, "thought");
+        assert_eq!(
+            parse_completion(reasoning, RateHeaders::default())
+                .unwrap()
+                .text,
+            "thought"
+        );
         let cases = [
             (r#"{"choices":[]}"#, Failure::Empty),
-            (r#"{"choices":[{"message":{"content":"  "}}]}"#, Failure::Empty),
-            (r#"{"choices":[{"message":{"content":"hi"}"#, Failure::BadBody),
+            (
+                r#"{"choices":[{"message":{"content":"  "}}]}"#,
+                Failure::Empty,
+            ),
+            (
+                r#"{"choices":[{"message":{"content":"hi"}"#,
+                Failure::BadBody,
+            ),
             ("<html><body>Bad gateway</body></html>", Failure::BadBody),
             (r#"{"error":{"message":"overloaded"}}"#, Failure::BadBody),
         ];
         for (body, want) in cases {
-            assert_eq!(parse_completion(body, RateHeaders::default()).unwrap_err(), want, "{body}");
+            assert_eq!(
+                parse_completion(body, RateHeaders::default()).unwrap_err(),
+                want,
+                "{body}"
+            );
         }
         let loop_text = "the same the same ".repeat(60);
         let body = serde_json::json!({"choices":[{"message":{"content": loop_text}}]}).to_string();
-        assert_eq!(parse_completion(&body, RateHeaders::default()).unwrap_err(), Failure::Empty);
+        assert_eq!(
+            parse_completion(&body, RateHeaders::default()).unwrap_err(),
+            Failure::Empty
+        );
     }
 
     #[test]
     fn excerpts_hide_keys_and_html() {
         let key = ApiKey::new("gsk_live_secret_value_1234567890");
-        let body = r#"{"error":{"message":"Invalid API Key gsk_live_secret_value_1234567890 provided"}}"#;
+        let body =
+            r#"{"error":{"message":"Invalid API Key gsk_live_secret_value_1234567890 provided"}}"#;
         let e = excerpt(body, Some(&key));
         assert!(!e.contains("secret"), "{e}");
         assert!(e.contains("Invalid API Key"), "{e}");
-        let e = excerpt("<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>...</body></html>", None);
+        let e = excerpt(
+            "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>...</body></html>",
+            None,
+        );
         assert_eq!(e, "HTML page \"502 Bad Gateway\"");
         let e = excerpt(&"x ".repeat(500), None);
         assert!(e.len() <= 163);
@@ -721,11 +883,32 @@ mod tests {
         assert_eq!(Failure::ContextTooLong.skip(), Skip::Model);
         assert_eq!(Failure::Server(503).skip(), Skip::Provider);
         assert_eq!(Failure::ContextTooLong.bench(0), None);
-        let limited = Failure::RateLimited { retry_after: None, daily: false, learned: None };
-        assert_eq!(limited.bench(0), Some((Duration::from_secs(90), BenchSource::Guessed)));
-        assert_eq!(limited.bench(9).unwrap().0, Duration::from_secs(600), "guesses are capped");
-        let stated = Failure::RateLimited { retry_after: Some(Duration::from_secs(17)), daily: false, learned: None };
-        assert_eq!(stated.bench(0), Some((Duration::from_secs(17), BenchSource::Stated)));
-        assert_eq!(Failure::PaymentRequired.bench(0).unwrap().0, Duration::from_secs(86400));
+        let limited = Failure::RateLimited {
+            retry_after: None,
+            daily: false,
+            learned: None,
+        };
+        assert_eq!(
+            limited.bench(0),
+            Some((Duration::from_secs(90), BenchSource::Guessed))
+        );
+        assert_eq!(
+            limited.bench(9).unwrap().0,
+            Duration::from_secs(600),
+            "guesses are capped"
+        );
+        let stated = Failure::RateLimited {
+            retry_after: Some(Duration::from_secs(17)),
+            daily: false,
+            learned: None,
+        };
+        assert_eq!(
+            stated.bench(0),
+            Some((Duration::from_secs(17), BenchSource::Stated))
+        );
+        assert_eq!(
+            Failure::PaymentRequired.bench(0).unwrap().0,
+            Duration::from_secs(86400)
+        );
     }
 }

@@ -6,8 +6,20 @@ use std::process::{Output, Stdio};
 use crate::support::{MockUpstream, Sandbox, provider};
 
 fn run_with_stdin(sb: &Sandbox, args: &[&str], stdin: &str) -> Output {
-    let mut child = sb.cmd().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let mut child = sb
+        .cmd()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -18,7 +30,18 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn help_for_every_command() {
     let sb = Sandbox::new();
-    for cmd in [vec!["--help"], vec!["models", "--help"], vec!["delegate", "--help"], vec!["check", "--help"], vec!["status", "--help"], vec!["scan", "--help"], vec!["statusline", "--help"], vec!["init", "--help"], vec!["log", "--help"], vec!["log", "export", "--help"]] {
+    for cmd in [
+        vec!["--help"],
+        vec!["models", "--help"],
+        vec!["delegate", "--help"],
+        vec!["check", "--help"],
+        vec!["status", "--help"],
+        vec!["scan", "--help"],
+        vec!["statusline", "--help"],
+        vec!["init", "--help"],
+        vec!["log", "--help"],
+        vec!["log", "export", "--help"],
+    ] {
         let out = sb.cmd().args(&cmd).output().unwrap();
         assert!(out.status.success(), "{cmd:?}");
         assert!(text(&out.stdout).contains("Usage: freepool-mcp"), "{cmd:?}");
@@ -46,7 +69,10 @@ fn delegate_with_no_provider_says_what_to_set() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("no model can take this request now"), "{err}");
-    assert!(err.contains("groq (") && err.contains("no key (set GROQ_API_KEY)"), "{err}");
+    assert!(
+        err.contains("groq (") && err.contains("no key (set GROQ_API_KEY)"),
+        "{err}"
+    );
     assert!(err.contains("cloudflare"), "{err}");
 }
 
@@ -57,7 +83,10 @@ fn scan_reports_and_exits_one() {
     let out = run_with_stdin(&sb, &["scan", "-"], &format!("ok line\naws = {secret}\n"));
     assert_eq!(out.status.code(), Some(1));
     let o = text(&out.stdout);
-    assert!(o.starts_with("<stdin>:2:7: AWS access key id [aws-access-key-id] AKIA…[20 chars]"), "{o}");
+    assert!(
+        o.starts_with("<stdin>:2:7: AWS access key id [aws-access-key-id] AKIA…[20 chars]"),
+        "{o}"
+    );
     assert!(!o.contains("QWERTY"));
     let out = run_with_stdin(&sb, &["scan", "-"], "just prose about a password policy\n");
     assert_eq!(out.status.code(), Some(0));
@@ -69,16 +98,39 @@ fn statusline_always_prints_a_line_and_exits_zero() {
     for input in ["", "garbage", "{\"rate_limits\": null}", "[]"] {
         let out = run_with_stdin(&sb, &["statusline"], input);
         assert!(out.status.success());
-        assert!(text(&out.stdout).starts_with("pool: unknown"), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).starts_with("pool: unknown"),
+            "{}",
+            text(&out.stdout)
+        );
     }
     let real = r#"{"session_id":"a","model":{"id":"m","display_name":"Opus"},"rate_limits":{"five_hour":{"used_percentage":42,"resets_at":4102444800},"seven_day":{"used_percentage":61.2,"resets_at":4102444800}}}"#;
-    let out = run_with_stdin(&sb, &["statusline", "--then", "read x; echo previous line"], real);
-    assert_eq!(text(&out.stdout), "previous line | pool: prefer_sonnet · week 61% · 5h 42%\n");
-    let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sb.state().join("budget.json")).unwrap()).unwrap();
+    let out = run_with_stdin(
+        &sb,
+        &["statusline", "--then", "read x; echo previous line"],
+        real,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "previous line | pool: prefer_sonnet · week 61% · 5h 42%\n"
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.state().join("budget.json")).unwrap())
+            .unwrap();
     assert_eq!(stored["seven_day"]["used_percentage"], 61.2);
     // A pinned mode wins.
-    let out = sb.cmd().env("FREEPOOL_BUDGET_MODE", "exhausted").arg("statusline").stdin(Stdio::null()).output().unwrap();
-    assert!(text(&out.stdout).starts_with("pool: exhausted"), "{}", text(&out.stdout));
+    let out = sb
+        .cmd()
+        .env("FREEPOOL_BUDGET_MODE", "exhausted")
+        .arg("statusline")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).starts_with("pool: exhausted"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -87,34 +139,84 @@ fn init_is_idempotent_and_keeps_the_old_statusline() {
     std::fs::remove_file(sb.config_path()).unwrap();
     let claude = sb.home().join(".claude");
     std::fs::create_dir_all(&claude).unwrap();
-    std::fs::write(claude.join("settings.json"), r#"{"theme":"dark","statusLine":{"type":"command","command":"~/bin/my-line"}}"#).unwrap();
+    std::fs::write(
+        claude.join("settings.json"),
+        r#"{"theme":"dark","statusLine":{"type":"command","command":"~/bin/my-line"}}"#,
+    )
+    .unwrap();
     // No `claude` on PATH here: registration is printed, not run.
-    let dry = sb.cmd().env("PATH", "/usr/bin:/bin").args(["init", "--dry-run"]).output().unwrap();
+    let dry = sb
+        .cmd()
+        .env("PATH", "/usr/bin:/bin")
+        .args(["init", "--dry-run"])
+        .output()
+        .unwrap();
     assert!(dry.status.success());
-    assert!(text(&dry.stdout).contains("would: statusLine"), "{}", text(&dry.stdout));
+    assert!(
+        text(&dry.stdout).contains("would: statusLine"),
+        "{}",
+        text(&dry.stdout)
+    );
     assert!(!sb.config_path().exists(), "dry run changed nothing");
-    let first = sb.cmd().env("PATH", "/usr/bin:/bin").arg("init").output().unwrap();
+    let first = sb
+        .cmd()
+        .env("PATH", "/usr/bin:/bin")
+        .arg("init")
+        .output()
+        .unwrap();
     assert!(first.status.success(), "{}", text(&first.stderr));
-    let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(claude.join("settings.json")).unwrap()).unwrap();
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(claude.join("settings.json")).unwrap())
+            .unwrap();
     let cmd = settings["statusLine"]["command"].as_str().unwrap();
     assert!(cmd.contains("statusline --then '~/bin/my-line'"), "{cmd}");
     assert_eq!(settings["theme"], "dark");
-    assert!(std::fs::read_dir(&claude).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("freepool-backup")));
-    assert!(std::fs::read_to_string(claude.join("CLAUDE.md")).unwrap().contains("freellmapi"));
-    assert!(std::fs::read_to_string(sb.config_path()).unwrap().contains("[settings]"));
+    assert!(std::fs::read_dir(&claude).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("freepool-backup")
+    }));
+    assert!(
+        std::fs::read_to_string(claude.join("CLAUDE.md"))
+            .unwrap()
+            .contains("freellmapi")
+    );
+    assert!(
+        std::fs::read_to_string(sb.config_path())
+            .unwrap()
+            .contains("[settings]")
+    );
     assert!(text(&first.stdout).contains("claude mcp add --scope user freellmapi"));
-    let second = sb.cmd().env("PATH", "/usr/bin:/bin").arg("init").output().unwrap();
+    let second = sb
+        .cmd()
+        .env("PATH", "/usr/bin:/bin")
+        .arg("init")
+        .output()
+        .unwrap();
     let o = text(&second.stdout);
-    assert!(o.contains("config: ") && o.contains("exists, left as is"), "{o}");
+    assert!(
+        o.contains("config: ") && o.contains("exists, left as is"),
+        "{o}"
+    );
     assert!(o.contains("statusLine: already set"), "{o}");
     assert!(o.contains("CLAUDE.md: pointer already in"), "{o}");
     let md = std::fs::read_to_string(claude.join("CLAUDE.md")).unwrap();
     assert_eq!(md.matches("freepool-mcp -->").count(), 1);
     // --project writes .mcp.json, once.
     for _ in 0..2 {
-        assert!(sb.cmd().args(["init", "--project"]).output().unwrap().status.success());
+        assert!(
+            sb.cmd()
+                .args(["init", "--project"])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        );
     }
-    let mcp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sb.dir.path().join(".mcp.json")).unwrap()).unwrap();
+    let mcp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.dir.path().join(".mcp.json")).unwrap())
+            .unwrap();
     assert_eq!(mcp["mcpServers"]["freellmapi"]["type"], "stdio");
 }
 
@@ -136,11 +238,22 @@ fn check_names_file_line_and_key() {
 #[test]
 fn models_lists_the_catalog_with_key_status() {
     let sb = Sandbox::new();
-    let out = sb.cmd().env("GROQ_API_KEY", "gsk-test-value").arg("models").output().unwrap();
+    let out = sb
+        .cmd()
+        .env("GROQ_API_KEY", "gsk-test-value")
+        .arg("models")
+        .output()
+        .unwrap();
     let o = text(&out.stdout);
     assert!(o.contains("groq — Groq · key "), "{o}");
-    assert!(o.contains("cerebras — Cerebras · no key: set $CEREBRAS_API_KEY"), "{o}");
+    assert!(
+        o.contains("cerebras — Cerebras · no key: set $CEREBRAS_API_KEY"),
+        "{o}"
+    );
     assert!(!o.contains("gsk-test-value"));
-    let models = o.lines().filter(|l| l.starts_with("    ") && !l.trim_start().starts_with("pool ")).count();
+    let models = o
+        .lines()
+        .filter(|l| l.starts_with("    ") && !l.trim_start().starts_with("pool "))
+        .count();
     assert!(models >= 60, "{models}");
 }

@@ -11,11 +11,22 @@ use crate::support::{Behavior, MockUpstream, Sandbox, provider};
 fn broken_upstreams_fail_over_with_a_reason() {
     let cases = [
         (Behavior::Hang, "timeout waiting for the answer"),
-        (Behavior::Trickle { gap: Duration::from_millis(400) }, "answer stalled"),
-        (Behavior::Html, "502 server error: HTML page \"502 Bad Gateway\""),
+        (
+            Behavior::Trickle {
+                gap: Duration::from_millis(400),
+            },
+            "answer stalled",
+        ),
+        (
+            Behavior::Html,
+            "502 server error: HTML page \"502 Bad Gateway\"",
+        ),
         (Behavior::Truncated, "unreadable answer"),
         (Behavior::EmptyChoices, "empty answer"),
-        (Behavior::Status(500, "boom".into()), "500 server error: boom"),
+        (
+            Behavior::Status(500, "boom".into()),
+            "500 server error: boom",
+        ),
     ];
     let good = MockUpstream::start_blocking("good");
     for (behavior, want) in cases {
@@ -24,14 +35,21 @@ fn broken_upstreams_fail_over_with_a_reason() {
         let sb = Sandbox::new();
         sb.config(&format!(
             "{}{}",
-            provider("bad", &bad, "priority = 5\ntimeout_secs = 2", ""),
+            provider("bad", &bad, "priority = 5", "")
+                .replace("timeout_secs = 5", "timeout_secs = 2"),
             provider("good", &good, "", "")
         ));
         let out = sb.cmd().args(["delegate", "hello"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{behavior:?}: {err}");
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("answer from good"), "{behavior:?}");
-        assert!(err.contains(&format!("bad/m1: {want}")), "{behavior:?}: {err}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("answer from good"),
+            "{behavior:?}"
+        );
+        assert!(
+            err.contains(&format!("bad/m1: {want}")),
+            "{behavior:?}: {err}"
+        );
     }
 }
 
@@ -45,12 +63,31 @@ fn a_huge_prompt_is_a_clear_capability_refusal() {
     let prompt = "lorem ipsum ".repeat(10 * 1024 * 1024 / 12);
     let (err, text) = c.call("delegate", json!({"prompt": prompt}));
     assert!(err);
-    assert!(text.contains("alpha/m1: needs ~"), "{}", &text[..text.len().min(500)]);
-    assert!(text.contains("context is 32000"), "{}", &text[..text.len().min(500)]);
+    assert!(
+        text.contains("alpha/m1: needs ~"),
+        "{}",
+        &text[..text.len().min(500)]
+    );
+    assert!(
+        text.contains("context is 32000"),
+        "{}",
+        &text[..text.len().min(500)]
+    );
     assert_eq!(mock.count(), 0);
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.child.id())).unwrap();
-    let rss_kb: u64 = status.lines().find(|l| l.starts_with("VmHWM")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(rss_kb < 400 * 1024, "peak RSS {rss_kb} kB for a 10 MB prompt");
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        rss_kb < 400 * 1024,
+        "peak RSS {rss_kb} kB for a 10 MB prompt"
+    );
 }
 
 #[test]
@@ -61,9 +98,19 @@ fn a_corrupt_ledger_is_moved_aside_and_work_goes_on() {
     std::fs::create_dir_all(sb.state()).unwrap();
     std::fs::write(sb.state().join("ledger.sqlite"), vec![0x42u8; 8192]).unwrap();
     let out = sb.cmd().args(["delegate", "hello"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("was unreadable and was moved to"));
-    assert!(std::fs::read_dir(sb.state()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("corrupt")));
+    assert!(
+        std::fs::read_dir(sb.state()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("corrupt"))
+    );
 }
 
 #[test]
@@ -76,10 +123,18 @@ fn a_read_only_state_dir_is_a_clear_error() {
     sb.config(&provider("alpha", &mock, "", ""));
     let blocker = sb.dir.path().join("not-a-dir");
     std::fs::write(&blocker, "file").unwrap();
-    let out = sb.cmd().env("FREEPOOL_STATE_DIR", blocker.join("state")).args(["delegate", "hello"]).output().unwrap();
+    let out = sb
+        .cmd()
+        .env("FREEPOOL_STATE_DIR", blocker.join("state"))
+        .args(["delegate", "hello"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot be opened for writing") && err.contains("FREEPOOL_STATE_DIR"), "{err}");
+    assert!(
+        err.contains("cannot be opened for writing") && err.contains("FREEPOOL_STATE_DIR"),
+        "{err}"
+    );
     let mut c = crate::support::McpClient::spawn({
         let mut cmd = sb.cmd();
         cmd.env("FREEPOOL_STATE_DIR", blocker.join("state"));
@@ -95,21 +150,43 @@ fn a_read_only_state_dir_is_a_clear_error() {
 #[test]
 fn keys_never_reach_logs_or_results() {
     let mock = MockUpstream::start_blocking("alpha");
-    mock.script([Behavior::Status(401, "{\"error\":{\"message\":\"bad key mock-secret-key-value-0001\"}}".into())]);
+    mock.script([Behavior::Status(
+        401,
+        "{\"error\":{\"message\":\"bad key mock-secret-key-value-0001\"}}".into(),
+    )]);
     let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "keys = [{ env = \"MOCK_KEY\" }, { env = \"MOCK_KEY_2\" }]", ""));
+    sb.config(&provider(
+        "alpha",
+        &mock,
+        "keys = [{ env = \"MOCK_KEY\" }, { env = \"MOCK_KEY_2\" }]",
+        "",
+    ));
     let mut c = sb.mcp();
     c.initialize();
     let (err, text) = c.call("delegate", json!({"prompt": "hello"}));
     assert!(!err, "the second key serves: {text}");
     let (_, models) = c.call("list_models", json!({}));
-    let status = std::process::Command::new(crate::support::bin()).arg("--version").output().unwrap();
+    let status = std::process::Command::new(crate::support::bin())
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(status.status.success());
     let out = sb.cmd().args(["status", "--json"]).output().unwrap();
-    let all = format!("{text}\n{models}\n{}\n{}\n{}", c.stderr(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!all.contains("mock-secret-key-value"), "a key leaked:\n{all}");
+    let all = format!(
+        "{text}\n{models}\n{}\n{}\n{}",
+        c.stderr(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !all.contains("mock-secret-key-value"),
+        "a key leaked:\n{all}"
+    );
     for entry in std::fs::read_dir(sb.state()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        assert!(!String::from_utf8_lossy(&bytes).contains("mock-secret-key-value"), "a key is stored in the state dir");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("mock-secret-key-value"),
+            "a key is stored in the state dir"
+        );
     }
 }

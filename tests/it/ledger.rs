@@ -6,25 +6,45 @@ use std::time::{Duration, Instant};
 use crate::support::{Behavior, MockUpstream, Sandbox, provider, status_json};
 
 fn spawn_delegate(sb: &Sandbox, prompt: &str) -> Child {
-    sb.cmd().args(["delegate", prompt]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    sb.cmd()
+        .args(["delegate", prompt])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
 fn many_processes_never_exceed_a_shared_limit() {
     let mock = MockUpstream::start_blocking("alpha");
     mock.enforce(5, Duration::from_secs(60));
-    mock.default(Behavior::Ok { text: "ok {prompt}".into(), latency: Duration::from_millis(100) });
+    mock.default(Behavior::Ok {
+        text: "ok {prompt}".into(),
+        latency: Duration::from_millis(100),
+    });
     let sb = Sandbox::new();
     sb.config(&provider("alpha", &mock, "", "limits = { rpm = 5 }"));
-    let children: Vec<Child> = (0..12).map(|i| spawn_delegate(&sb, &format!("job {i}"))).collect();
-    let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let children: Vec<Child> = (0..12)
+        .map(|i| spawn_delegate(&sb, &format!("job {i}")))
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
     let ok = outs.iter().filter(|o| o.status.success()).count();
     assert_eq!(ok, 5, "exactly the limit is served");
     for o in outs.iter().filter(|o| !o.status.success()) {
         let e = String::from_utf8_lossy(&o.stderr);
-        assert!(e.contains("rpm of m1 used up (5/5)") && e.contains("room again"), "{e}");
+        assert!(
+            e.contains("rpm of m1 used up (5/5)") && e.contains("room again"),
+            "{e}"
+        );
     }
-    assert_eq!(mock.count(), 5, "the provider saw only what the limit allows");
+    assert_eq!(
+        mock.count(),
+        5,
+        "the provider saw only what the limit allows"
+    );
     assert_eq!(mock.overshoots(), 0, "no 429 caused by our overshoot");
     // status shows the ledger's truth.
     let s = status_json(&sb);
@@ -40,15 +60,35 @@ fn a_pool_shared_by_two_models_is_counted_once_across_processes() {
     let mock = MockUpstream::start_blocking("alpha");
     mock.enforce(4, Duration::from_secs(60));
     let sb = Sandbox::new();
-    let mut cfg = provider("alpha", &mock, "[providers.alpha.pools.acct]\nlimits = { rpm = 4 }", "");
-    cfg.push_str("[providers.alpha.models.m2]\ncontext = 32000\n");
+    let mut cfg = provider(
+        "alpha",
+        &mock,
+        "[providers.alpha.pools.acct]\nlimits = { rpm = 4 }",
+        "",
+    );
+    cfg.push_str("[providers.alpha.models.m2]\nfamily = \"fam\"\ncontext = 32000\ntier = 2\n");
     sb.config(&cfg);
-    let children: Vec<Child> = (0..10).map(|i| spawn_delegate(&sb, &format!("job {i}"))).collect();
-    let ok = children.into_iter().map(|c| c.wait_with_output().unwrap()).filter(|o| o.status.success()).count();
+    // Half the processes ask for each model by name: the pool is what limits them.
+    let children: Vec<Child> = (0..10)
+        .map(|i| {
+            let model = format!("alpha/m{}", 1 + i % 2);
+            sb.cmd()
+                .args(["delegate", "job", "--model", &model])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let ok = outs.iter().filter(|o| o.status.success()).count();
     assert_eq!(ok, 4);
+    let refused = outs.iter().find(|o| !o.status.success()).unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rpm of pool acct used up (4/4)"));
     assert_eq!(mock.overshoots(), 0);
-    let models: std::collections::HashSet<String> = mock.received().iter().map(|r| r.model.clone()).collect();
-    assert_eq!(models.len(), 2, "both models drew on the pool: {models:?}");
 }
 
 #[test]
@@ -68,8 +108,16 @@ fn kill_9_mid_request_leaves_a_consistent_ledger() {
     }
     victim.wait().unwrap();
     // The dead process's lease is reaped; the provider (concurrency 1) serves again.
-    let out = sb.cmd().args(["delegate", "after the crash"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sb
+        .cmd()
+        .args(["delegate", "after the crash"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = status_json(&sb);
     assert_eq!(s["in_flight"], 0);
 }

@@ -13,13 +13,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// What the mock does with one request.
 #[derive(Debug, Clone)]
@@ -27,7 +27,10 @@ pub enum Behavior {
     /// 200 with a completion; `{prompt}` in the text is replaced by the prompt's start.
     Ok { text: String, latency: Duration },
     /// 429 with headers and a body.
-    RateLimited { headers: Vec<(String, String)>, body: String },
+    RateLimited {
+        headers: Vec<(String, String)>,
+        body: String,
+    },
     /// Any status with a body.
     Status(u16, String),
     /// Accept the connection and never answer.
@@ -47,7 +50,10 @@ pub enum Behavior {
 impl Behavior {
     /// A plain answer with no delay.
     pub fn ok(text: &str) -> Behavior {
-        Behavior::Ok { text: text.to_owned(), latency: Duration::ZERO }
+        Behavior::Ok {
+            text: text.to_owned(),
+            latency: Duration::ZERO,
+        }
     }
 }
 
@@ -89,8 +95,12 @@ impl MockUpstream {
             window: VecDeque::new(),
             overshoots: 0,
         }));
-        let app = Router::new().route("/v1/chat/completions", post(handle)).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let app = Router::new()
+            .route("/v1/chat/completions", post(handle))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             axum::serve(listener, app).await.ok();
@@ -103,7 +113,11 @@ impl MockUpstream {
         let (tx, rx) = std::sync::mpsc::channel();
         let name = name.to_owned();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 tx.send(MockUpstream::start(&name).await).unwrap();
                 std::future::pending::<()>().await;
@@ -155,7 +169,10 @@ impl MockUpstream {
         let times: Vec<Instant> = self.received().iter().map(|r| r.at).collect();
         let mut best = 0;
         for (i, t) in times.iter().enumerate() {
-            let n = times[i..].iter().take_while(|u| u.duration_since(*t) < window).count();
+            let n = times[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < window)
+                .count();
             best = best.max(n);
         }
         best
@@ -173,7 +190,11 @@ fn completion(text: &str, model: &str, prompt_tokens: u64) -> Value {
     })
 }
 
-async fn handle(State(state): State<Arc<Mutex<MockState>>>, headers: HeaderMap, body: String) -> Response {
+async fn handle(
+    State(state): State<Arc<Mutex<MockState>>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let req: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let model = req["model"].as_str().unwrap_or("").to_owned();
     let prompt = req["messages"]
@@ -187,13 +208,20 @@ async fn handle(State(state): State<Arc<Mutex<MockState>>>, headers: HeaderMap, 
         let mut s = state.lock().unwrap();
         s.received.push(Received {
             model: model.clone(),
-            authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             prompt: prompt.clone(),
             at: now,
         });
         let mut over = false;
         if let Some((max, window)) = s.limit {
-            while s.window.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            while s
+                .window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
                 s.window.pop_front();
             }
             if s.window.len() as u64 >= max {
@@ -207,7 +235,12 @@ async fn handle(State(state): State<Arc<Mutex<MockState>>>, headers: HeaderMap, 
         (b, s.name.clone(), over)
     };
     if over {
-        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "30")], r#"{"error":{"message":"rate limit exceeded (mock enforcement)"}}"#).into_response();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "30")],
+            r#"{"error":{"message":"rate limit exceeded (mock enforcement)"}}"#,
+        )
+            .into_response();
     }
     let prompt_tokens = (prompt.len() as u64).div_ceil(4);
     match behavior {

@@ -28,7 +28,9 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let s = Sandbox { dir: tempfile::tempdir().unwrap() };
+        let s = Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        };
         std::fs::create_dir_all(s.home()).unwrap();
         s.config("");
         s
@@ -101,9 +103,18 @@ pub struct McpClient {
 
 impl McpClient {
     pub fn spawn(mut cmd: Command) -> McpClient {
-        let stderr_path = std::env::temp_dir().join(format!("freepool-it-{}-{}.log", std::process::id(), rand_suffix()));
+        let stderr_path = std::env::temp_dir().join(format!(
+            "freepool-it-{}-{}.log",
+            std::process::id(),
+            rand_suffix()
+        ));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn server");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn server");
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = channel();
@@ -121,7 +132,15 @@ impl McpClient {
                 }
             }
         });
-        McpClient { child, stdin, lines: rx, next_id: 1, notifications: Vec::new(), impure, stderr_path }
+        McpClient {
+            child,
+            stdin,
+            lines: rx,
+            next_id: 1,
+            notifications: Vec::new(),
+            impure,
+            stderr_path,
+        }
     }
 
     pub fn send_raw(&mut self, line: &str) {
@@ -137,7 +156,9 @@ impl McpClient {
     pub fn send(&mut self, method: &str, params: Value) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.send_raw(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string());
+        self.send_raw(
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string(),
+        );
         id
     }
 
@@ -148,16 +169,25 @@ impl McpClient {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
-                    if v.get("id").and_then(|i| i.as_u64()) == Some(id) && (v.get("result").is_some() || v.get("error").is_some()) {
+                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                        continue;
+                    };
+                    if v.get("id").and_then(|i| i.as_u64()) == Some(id)
+                        && (v.get("result").is_some() || v.get("error").is_some())
+                    {
                         return v;
                     }
                     if v.get("method").is_some() && v.get("id").is_none() {
                         self.notifications.push(v);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => panic!("no answer to request {id} within {timeout:?}; stderr:\n{}", self.stderr()),
-                Err(RecvTimeoutError::Disconnected) => panic!("server closed stdout; stderr:\n{}", self.stderr()),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no answer to request {id} within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("server closed stdout; stderr:\n{}", self.stderr())
+                }
             }
         }
     }
@@ -188,7 +218,10 @@ impl McpClient {
 
     pub fn assert_pure(&self) {
         let impure = self.impure.lock().unwrap();
-        assert!(impure.is_empty(), "non-JSON-RPC lines on stdout: {impure:?}");
+        assert!(
+            impure.is_empty(),
+            "non-JSON-RPC lines on stdout: {impure:?}"
+        );
     }
 }
 
@@ -202,10 +235,17 @@ impl Drop for McpClient {
 
 /// (isError, joined text) of a tools/call response.
 pub fn tool_text(r: &Value) -> (bool, String) {
-    let result = r.get("result").unwrap_or_else(|| panic!("not a result: {r}"));
+    let result = r
+        .get("result")
+        .unwrap_or_else(|| panic!("not a result: {r}"));
     let text = result["content"]
         .as_array()
-        .map(|c| c.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n"))
+        .map(|c| {
+            c.iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
         .unwrap_or_default();
     (result["isError"].as_bool().unwrap_or(false), text)
 }
@@ -213,13 +253,21 @@ pub fn tool_text(r: &Value) -> (bool, String) {
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed) * 1_000_003 + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
+    N.fetch_add(1, Ordering::Relaxed) * 1_000_003
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64
 }
 
 /// Reads a state-dir ledger count with the status command.
 pub fn status_json(sb: &Sandbox) -> Value {
     let out = sb.cmd().args(["status", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

@@ -1388,6 +1388,35 @@ context = 8192
         assert_eq!(k.fingerprint().len(), 12);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn literal_keys_in_a_readable_file_warn_and_state_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("providers.toml");
+        std::fs::write(
+            &path,
+            "[providers.groq]\nkeys = [{ value = \"gsk-literal\" }]\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cat = load_from(Some(&path), &no_env);
+        assert!(
+            cat.warnings.iter().any(|w| w.contains("chmod 600")),
+            "{:?}",
+            cat.warnings
+        );
+        assert!(!cat.warnings.iter().any(|w| w.contains("gsk-literal")));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_from(Some(&path), &no_env).warnings.is_empty());
+        let state = dir.path().join("state");
+        ensure_state_dir(&state).unwrap();
+        assert_eq!(
+            std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+
     #[test]
     fn alias_env_vars_do_not_double_a_key() {
         let env =

@@ -9,4 +9,5 @@ mod cli;
 mod faults;
 mod ledger;
 mod mcp;
+mod props;
 mod support;

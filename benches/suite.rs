@@ -266,7 +266,7 @@ async fn run() {
     let config = write_config(dir.path(), &provider_toml("fast", &fast, ""));
     let mut c = Client::spawn(BIN, &[], &server_env(dir.path(), &config));
     c.initialize().await;
-    let http = reqwest::Client::new();
+    let http = freepool_mcp::upstream::client();
     let url = format!("{}/chat/completions", fast.base_url());
     let body = json!({"model": "m1", "messages": [{"role": "user", "content": "Summarize: a short sentence."}], "stream": false});
     for _ in 0..20 {

@@ -14,8 +14,9 @@
 //! Concurrency: WAL mode so readers never block the writer, `busy_timeout` so
 //! writers queue instead of failing, and `BEGIN IMMEDIATE` for the lease, so
 //! the check of every window and the insert of the lease are one atomic step
-//! across processes. Leases of crashed processes are reaped (dead pid, or
-//! expired). Each call runs on the blocking pool: SQLite may wait on a lock.
+//! across processes. Leases of crashed processes are turned (dead pid, or
+//! expired) into events: the provider most likely counted those requests.
+//! Each call runs on the blocking pool: SQLite may wait on a lock.
 //!
 //! Invariant: no key is stored here, only its fingerprint. The quota
 //! arithmetic itself (`UsageSnapshot::check`) is pure and shared with `router`.
@@ -458,8 +459,9 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.committed {
-            // Cancelled or failed before an answer: free the slot now rather
-            // than waiting for expiry. A short synchronous delete is fine here.
+            // Cancelled mid-call: free the slot now rather than at expiry, and
+            // count the request (it most likely reached the provider). A short
+            // synchronous write is fine here.
             self.ledger.release(self.id);
         }
     }
@@ -636,6 +638,8 @@ impl Ledger {
             reap(&tx, now)?;
             let snap = read_snapshot(&tx, &[provider], now)?;
             if let Err(blocked) = snap.check(provider, model, key_fp, tokens) {
+                // Keep what `reap` did even though nothing is leased.
+                tx.commit()?;
                 return Ok(Err(blocked));
             }
             tx.execute(
@@ -657,7 +661,14 @@ impl Ledger {
     }
 
     fn release(&self, lease_id: i64) {
-        if let Err(e) = self.with(|c| c.execute("DELETE FROM leases WHERE id = ?1", [lease_id])) {
+        let done = self.with(|c| {
+            c.execute(
+                "INSERT INTO events (ts, provider, model, key_fp, requests, tokens, outcome) SELECT ts, provider, model, key_fp, 1, tokens, 'cancelled' FROM leases WHERE id = ?1",
+                [lease_id],
+            )?;
+            c.execute("DELETE FROM leases WHERE id = ?1", [lease_id])
+        });
+        if let Err(e) = done {
             tracing::warn!(error = %e, "could not release a lease; it will expire");
         }
     }
@@ -809,17 +820,25 @@ fn short_sql_reason(e: &rusqlite::Error) -> String {
     }
 }
 
-/// Removes leases that expired or whose process is gone (crash, kill -9).
+/// Turns leases that expired or whose process is gone (crash, kill -9) into
+/// events: the request most likely reached the provider, which counts it, so
+/// we count it too (with the tokens reserved for it).
 fn reap(conn: &Connection, now: Millis) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM leases WHERE expires < ?1", [now])?;
     let mut stmt = conn.prepare_cached("SELECT DISTINCT pid FROM leases")?;
     let pids: Vec<i64> = stmt
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    for pid in pids {
-        if !process_alive(pid) {
-            conn.execute("DELETE FROM leases WHERE pid = ?1", [pid])?;
-        }
+    let dead: Vec<i64> = pids.into_iter().filter(|p| !process_alive(*p)).collect();
+    for pid in dead.iter().copied().map(Some).chain([None]) {
+        let (cond, arg) = match pid {
+            Some(p) => ("pid = ?1", p),
+            None => ("expires < ?1", now),
+        };
+        conn.execute(
+            &format!("INSERT INTO events (ts, provider, model, key_fp, requests, tokens, outcome) SELECT ts, provider, model, key_fp, 1, tokens, 'abandoned' FROM leases WHERE {cond}"),
+            [arg],
+        )?;
+        conn.execute(&format!("DELETE FROM leases WHERE {cond}"), [arg])?;
     }
     Ok(())
 }
@@ -859,9 +878,8 @@ fn read_snapshot(
             SUM(CASE WHEN ts >= ?4 THEN requests ELSE 0 END), SUM(CASE WHEN ts >= ?4 THEN tokens ELSE 0 END), MIN(CASE WHEN ts >= ?4 THEN ts END)
          FROM events WHERE provider = ?5 AND ts >= ?6 GROUP BY model, key_fp",
     )?;
-    let mut leases = conn.prepare_cached(
-        "SELECT model, key_fp, pid, tokens FROM leases WHERE provider = ?1 AND expires >= ?2",
-    )?;
+    let mut leases =
+        conn.prepare_cached("SELECT model, key_fp, pid, tokens FROM leases WHERE provider = ?1")?;
     for p in providers {
         let starts: Vec<Millis> = WINDOWS
             .iter()
@@ -900,7 +918,7 @@ fn read_snapshot(
             let ((m, k), c) = row?;
             snap.usage.insert((p.id.clone(), m, k), c);
         }
-        let rows = leases.query_map(params![p.id, now], |r| {
+        let rows = leases.query_map(params![p.id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -910,17 +928,16 @@ fn read_snapshot(
         })?;
         for row in rows {
             let (m, k, pid, tokens) = row?;
-            // A lease whose process died (kill -9) counts for nothing; the next
-            // lease transaction deletes it.
-            if !process_alive(pid) {
-                continue;
-            }
+            // A lease whose process died (kill -9) still counts as use (the
+            // next lease transaction turns it into an event) but is not in flight.
             let c = snap.usage.entry((p.id.clone(), m, k)).or_default();
             for i in 0..4 {
                 c.requests[i] += 1;
                 c.tokens[i] += tokens as u64;
             }
-            c.in_flight += 1;
+            if process_alive(pid) {
+                c.in_flight += 1;
+            }
         }
     }
     let mut stmt = conn.prepare_cached(
@@ -1074,9 +1091,15 @@ mod tests {
             Err(Blocked::Full { .. })
         ));
         drop(held);
-        assert!(
-            ledger.lease(&p, a, "k", 1, now).unwrap().is_ok(),
-            "a dropped lease frees its slot"
+        // A dropped (cancelled) lease counts as a request made: rpm 1 is used.
+        assert!(matches!(
+            ledger.lease(&p, a, "k", 1, now).unwrap(),
+            Err(Blocked::Full { used: 1, .. })
+        ));
+        assert_eq!(
+            ledger.leases_in_flight(now).unwrap(),
+            0,
+            "but it is no longer in flight"
         );
     }
 
@@ -1268,7 +1291,23 @@ mod tests {
                 )
             })
             .unwrap();
-        assert!(ledger.lease(&p, &p.models[0], "k", 1, now).unwrap().is_ok());
+        let snap = ledger.snapshot(&[&p], now).unwrap();
+        let c = snap.usage[&("p".to_owned(), "a".to_owned(), "k".to_owned())];
+        assert_eq!(
+            (c.requests[0], c.in_flight),
+            (1, 0),
+            "counted as use, not in flight"
+        );
+        assert!(matches!(
+            ledger.lease(&p, &p.models[0], "k", 1, now).unwrap(),
+            Err(Blocked::Full { .. })
+        ));
+        assert_eq!(
+            ledger.events_since("p", 0).unwrap(),
+            1,
+            "the abandoned lease became an event"
+        );
+        assert_eq!(ledger.leases_in_flight(now).unwrap(), 0);
     }
 
     #[test]

@@ -121,3 +121,103 @@ fn kill_9_mid_request_leaves_a_consistent_ledger() {
     let s = status_json(&sb);
     assert_eq!(s["in_flight"], 0);
 }
+
+#[test]
+fn kill_9_during_a_fanout_then_the_next_launch_works() {
+    let mock = MockUpstream::start_blocking("alpha");
+    mock.default(Behavior::Ok {
+        text: "slow {prompt}".into(),
+        latency: Duration::from_secs(30),
+    });
+    let sb = Sandbox::new();
+    sb.config(&provider(
+        "alpha",
+        &mock,
+        "max_concurrency = 4",
+        "limits = { rpm = 100 }",
+    ));
+    let mut c = sb.mcp();
+    c.initialize();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| serde_json::json!({"prompt": format!("task {i}")}))
+        .collect();
+    c.send(
+        "tools/call",
+        serde_json::json!({"name": "fanout", "arguments": {"tasks": tasks, "concurrency": 4}}),
+    );
+    let t0 = Instant::now();
+    while mock.count() < 4 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status_json(&sb)["in_flight"], 4);
+    unsafe {
+        libc::kill(c.child.id() as i32, libc::SIGKILL);
+    }
+    let _ = c.child.wait();
+    let s = status_json(&sb);
+    assert_eq!(
+        s["in_flight"], 0,
+        "the dead server's leases are not in flight"
+    );
+    let m1 = s["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["scope"] == "alpha/m1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        m1["limits"][0]["used"], 4,
+        "but the four requests it sent are counted: {m1}"
+    );
+    // A new launch has the provider's whole concurrency cap again.
+    mock.default(Behavior::ok("fresh {prompt}"));
+    let mut c2 = sb.mcp();
+    c2.initialize();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| serde_json::json!({"prompt": format!("again {i}")}))
+        .collect();
+    let (err, text) = c2.call(
+        "fanout",
+        serde_json::json!({"tasks": tasks, "concurrency": 4}),
+    );
+    assert!(
+        !err && text.starts_with("fanout: 4 of 4 tasks ok"),
+        "{text}"
+    );
+}
+
+#[test]
+fn eight_servers_on_one_state_dir_share_the_cap() {
+    let mock = MockUpstream::start_blocking("alpha");
+    mock.enforce(6, Duration::from_secs(60));
+    mock.default(Behavior::Ok {
+        text: "ok".into(),
+        latency: Duration::from_millis(50),
+    });
+    let sb = Sandbox::new();
+    sb.config(&provider("alpha", &mock, "", "limits = { rpm = 6 }"));
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let cmd = sb.cmd();
+            std::thread::spawn(move || {
+                let mut c = crate::support::McpClient::spawn(cmd);
+                c.initialize();
+                let (a, _) = c.call(
+                    "delegate",
+                    serde_json::json!({"prompt": format!("server {i} first")}),
+                );
+                let (b, _) = c.call(
+                    "delegate",
+                    serde_json::json!({"prompt": format!("server {i} second")}),
+                );
+                c.assert_pure();
+                [a, b].iter().filter(|e| !**e).count()
+            })
+        })
+        .collect();
+    let served: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(served, 6);
+    assert_eq!(mock.count(), 6);
+    assert_eq!(mock.overshoots(), 0);
+}

@@ -4,6 +4,7 @@
 //! - `cli`: the commands beside the server.
 //! - `ledger`: several processes sharing one state dir; crashes mid-request.
 //! - `faults`: upstreams that hang, trickle, or answer garbage; broken state and config.
+//! - `props`: property tests for the gate and config parsing.
 
 mod cli;
 mod faults;

@@ -174,6 +174,30 @@ fn no_capacity_text(
     soonest: Option<Millis>,
     now: Millis,
 ) -> String {
+    let sized: Vec<(u64, u32)> = rejected
+        .iter()
+        .filter_map(|r| match r.reason {
+            router::Reason::TooBig { need, context } => Some((need, context)),
+            _ => None,
+        })
+        .collect();
+    let configured = rejected
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.reason,
+                router::Reason::NoKey(_) | router::Reason::MissingVar(_)
+            )
+        })
+        .count();
+    if !sized.is_empty() && sized.len() == configured && attempts.is_empty() {
+        // Every usable model is too small: the capability gate, said plainly.
+        let need = sized.iter().map(|s| s.0).max().unwrap_or(0);
+        let largest = sized.iter().map(|s| s.1).max().unwrap_or(0);
+        return format!(
+            "capability gate: this request needs ~{need} tokens, more than the largest usable context window ({largest} tokens). Keep this task on Claude, or split it into parts that fit."
+        );
+    }
     let mut out = String::from("no model can take this request now.");
     if rejected.is_empty() && attempts.is_empty() {
         out.push_str(

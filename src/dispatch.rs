@@ -712,15 +712,7 @@ impl Engine {
                         outcome: "ok".into(),
                         ms,
                     });
-                    let mut text = done.text;
-                    if text.chars().count() > MAX_ANSWER_CHARS {
-                        let total = text.chars().count();
-                        text = text.chars().take(MAX_ANSWER_CHARS).collect();
-                        text.push_str(&format!(
-                            "\n[cut: {} more characters]",
-                            total - MAX_ANSWER_CHARS
-                        ));
-                    }
+                    let text = cut(done.text, MAX_ANSWER_CHARS, "");
                     let reported_model = done
                         .served_model
                         .filter(|m| m != &cand.model.id && !m.ends_with(&cand.model.id));
@@ -890,15 +882,7 @@ impl Engine {
         let latency_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(s) => {
-                let mut text = s.text;
-                if text.chars().count() > cap {
-                    let total = text.chars().count();
-                    text = text.chars().take(cap).collect();
-                    text.push_str(&format!(
-                        "\n[cut: {} more characters; use delegate for long answers]",
-                        total - cap
-                    ));
-                }
+                let text = cut(s.text, cap, "; use delegate for long answers");
                 TaskResult {
                     id,
                     status: "ok",
@@ -932,11 +916,82 @@ impl Engine {
     }
 }
 
+/// Keeps the first `max` characters of `text`, saying how many were cut.
+fn cut(text: String, max: usize, hint: &str) -> String {
+    let total = text.chars().count();
+    if total <= max {
+        return text;
+    }
+    let mut kept: String = text.chars().take(max).collect();
+    kept.push_str(&format!("\n[cut: {} more characters{hint}]", total - max));
+    kept
+}
+
 async fn commit(ledger: &Ledger, lease: ledger::Lease, rec: AttemptRecord, now: Millis) {
     let l = ledger.clone();
     match tokio::task::spawn_blocking(move || l.commit(lease, rec, now)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("could not record an attempt in the ledger: {e:#}"),
         Err(e) => tracing::warn!("ledger task failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_keeps_short_text_and_marks_long_text() {
+        assert_eq!(cut("héllo".into(), 5, ""), "héllo");
+        assert_eq!(
+            cut("héllo world".into(), 5, "; see x"),
+            "héllo\n[cut: 6 more characters; see x]"
+        );
+    }
+
+    #[test]
+    fn refusal_names_kind_and_place_never_the_value() {
+        let secret = format!("ghp_{}", "Zq8Xv2Lm9Ty4Rw7Pk3Hn6Js1Gd5Fb0Ca8Eu2Y");
+        let findings = Engine::scan(&[("prompt", &format!("a\nb {secret}")), ("system", "")]);
+        let text = Error::Refused { findings }.to_string();
+        assert!(
+            text.contains("GitHub token in prompt at line 2, column 3"),
+            "{text}"
+        );
+        assert!(!text.contains(&secret[4..]));
+    }
+
+    #[test]
+    fn no_capacity_groups_missing_keys_and_says_when() {
+        let rejected = vec![
+            Rejection {
+                id: "groq/a".into(),
+                reason: router::Reason::NoKey("GROQ_API_KEY".into()),
+                frees_at: None,
+            },
+            Rejection {
+                id: "groq/b".into(),
+                reason: router::Reason::NoKey("GROQ_API_KEY".into()),
+                frees_at: None,
+            },
+            Rejection {
+                id: "x/m".into(),
+                reason: router::Reason::Blocked(ledger::Blocked::Benched {
+                    reason: "429 rate limited".into(),
+                    until: 61_000,
+                }),
+                frees_at: Some(61_000),
+            },
+        ];
+        let text = no_capacity_text(&rejected, &[], Some(61_000), 1_000);
+        assert!(text.contains("- x/m: cooling down after 429 rate limited; room again 1970-01-01T00:01:01Z (in 1m)"), "{text}");
+        assert!(
+            text.contains("- groq (2 models): no key (set GROQ_API_KEY)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("capacity returns first 1970-01-01T00:01:01Z (in 1m)."),
+            "{text}"
+        );
     }
 }

@@ -510,18 +510,9 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// The wait a 429 states: `retry-after` (seconds or HTTP date), else a body hint.
 pub fn retry_after(headers: &HeaderMap, body: &str) -> Option<Duration> {
-    if let Some(v) = header_str(headers, "retry-after") {
-        if let Ok(secs) = v.parse::<f64>() {
-            return Some(Duration::from_secs_f64(secs.max(0.0)));
-        }
-        if let Ok(when) = DateTime::parse_from_rfc2822(v) {
-            let secs = (when.with_timezone(&Utc) - Utc::now())
-                .num_milliseconds()
-                .max(0) as u64;
-            return Some(Duration::from_millis(secs));
-        }
-    }
-    body_retry_hint(body)
+    header_str(headers, "retry-after")
+        .and_then(parse_reset)
+        .or_else(|| body_retry_hint(body))
 }
 
 /// `"retryDelay": "17s"` or "try again in 7.66s" in an error body.

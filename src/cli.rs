@@ -442,8 +442,12 @@ fn statusline(cli: &Cli, then: Option<&str>) {
         tracing::debug!("could not store the budget snapshot: {e}");
     }
     let stored = budget::load(&state);
-    let pinned =
-        budget::pinned_mode(std::env::var(env::BUDGET_MODE).ok().as_deref(), None).unwrap_or(None);
+    let (catalog, _) = load(cli);
+    let pinned = budget::pinned_mode(
+        std::env::var(env::BUDGET_MODE).ok().as_deref(),
+        catalog.settings.budget_mode.as_deref(),
+    )
+    .unwrap_or(None);
     let a = budget::assess(stored.as_ref(), pinned, now);
     let pct = |w: Option<budget::WindowState>| {
         w.map_or("?".to_owned(), |w| format!("{:.0}%", w.used_percentage))
@@ -454,6 +458,18 @@ fn statusline(cli: &Cli, then: Option<&str>) {
         pct(a.weekly),
         pct(a.five_hour)
     ));
+    // What the pool can take right now; left out if the ledger cannot be read.
+    let usable: Vec<&config::Provider> = catalog
+        .providers
+        .iter()
+        .filter(|p| crate::router::is_usable(p))
+        .collect();
+    if let Ok(snap) = ledger::Ledger::open(&state).and_then(|l| l.snapshot(&usable, now * 1000)) {
+        line.push_str(&format!(
+            " · {} models ready",
+            status::ready_count(&catalog, &snap)
+        ));
+    }
     let _ = out(&format!("{line}\n"));
 }
 

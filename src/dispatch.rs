@@ -612,6 +612,7 @@ impl Engine {
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
             let plan = router::plan(&catalog, &rreq, &snap, &excluded, rotation);
             let mut leased = None;
+            let mut lost = Vec::new();
             for cand in &plan.candidates {
                 let (l, p, m, fp, tokens) = (
                     ledger.clone(),
@@ -625,9 +626,17 @@ impl Engine {
                         .await
                         .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
                         .map_err(|e| Error::State(format!("{e:#}")))?;
-                if let Ok(lease) = got {
-                    leased = Some((cand.clone(), lease));
-                    break;
+                match got {
+                    Ok(lease) => {
+                        leased = Some((cand.clone(), lease));
+                        break;
+                    }
+                    // Another process took the room between snapshot and lease.
+                    Err(blocked) => lost.push(Rejection {
+                        id: cand.id(),
+                        frees_at: blocked.frees_at(),
+                        reason: router::Reason::Blocked(blocked),
+                    }),
                 }
             }
             let Some((cand, lease)) = leased else {
@@ -650,9 +659,11 @@ impl Engine {
                         continue;
                     }
                     _ => {
-                        let soonest = plan.soonest_free();
+                        let mut rejected = plan.rejected;
+                        rejected.extend(lost);
+                        let soonest = rejected.iter().filter_map(|r| r.frees_at).min();
                         return Err(Error::NoCandidate {
-                            rejected: plan.rejected,
+                            rejected,
                             attempts,
                             soonest,
                             now,
@@ -676,7 +687,7 @@ impl Engine {
                 attempt_timeout,
             };
             let t0 = Instant::now();
-            tracing::debug!(model = %cand.id(), key = %cand.key_fp, "attempt");
+            tracing::info!(model = %cand.id(), key = %cand.key_fp, why = %cand.why(), "attempt");
             let outcome = upstream::call(&target, &chat).await;
             let ms = t0.elapsed().as_millis() as u64;
             let now = now_ms();
@@ -696,10 +707,15 @@ impl Engine {
                         outcome: "ok".into(),
                         calibration: (!estimated).then_some((rreq.prompt_chars, prompt_tokens)),
                         bench: done.rate.exhausted_for().map(|d| {
-                            // The answer says a window is now empty: trust it.
+                            // The answer says a window is now empty: trust it. Providers
+                            // report these per model (Groq, Cerebras), so bench that pair.
                             let f: BenchFn = Arc::new(move |_| Some((d, true)));
                             (
-                                BenchScope::key(&cand.provider.id, &cand.key_fp),
+                                BenchScope::model_key(
+                                    &cand.provider.id,
+                                    &cand.model.id,
+                                    &cand.key_fp,
+                                ),
                                 "provider window used up".to_owned(),
                                 f,
                             )

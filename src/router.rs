@@ -171,6 +171,16 @@ impl Candidate<'_> {
     pub fn id(&self) -> String {
         format!("{}/{}", self.provider.id, self.model.id)
     }
+
+    /// Why it ranks where it does, in the ranking's own terms.
+    pub fn why(&self) -> String {
+        format!(
+            "priority {}, tier {}, {:.0}% headroom left",
+            self.provider.priority + self.model.priority,
+            self.model.tier,
+            self.headroom.fraction * 100.0
+        )
+    }
 }
 
 /// Why a candidate cannot take the request.

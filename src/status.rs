@@ -152,6 +152,16 @@ pub fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
     out
 }
 
+/// How many models could take a small request right now.
+pub fn ready_count(catalog: &Catalog, snap: &UsageSnapshot) -> usize {
+    catalog
+        .models()
+        .filter(|(p, m)| {
+            router::is_usable(p) && key_fps(p).iter().any(|fp| snap.check(p, m, fp, 1).is_ok())
+        })
+        .count()
+}
+
 /// The `claude_budget` text.
 pub fn budget_text(b: &Assessment, now: i64) -> String {
     let mut out = format!(

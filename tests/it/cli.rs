@@ -112,7 +112,7 @@ fn statusline_always_prints_a_line_and_exits_zero() {
     );
     assert_eq!(
         text(&out.stdout),
-        "previous line | pool: prefer_sonnet · week 61% · 5h 42%\n"
+        "previous line | pool: prefer_sonnet · week 61% · 5h 42% · 0 models ready\n"
     );
     let stored: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(sb.state().join("budget.json")).unwrap())

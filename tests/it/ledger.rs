@@ -87,7 +87,8 @@ fn a_pool_shared_by_two_models_is_counted_once_across_processes() {
     let ok = outs.iter().filter(|o| o.status.success()).count();
     assert_eq!(ok, 4);
     let refused = outs.iter().find(|o| !o.status.success()).unwrap();
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("rpm of pool acct used up (4/4)"));
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(e.contains("rpm of pool acct used up (4/4)"), "{e}");
     assert_eq!(mock.overshoots(), 0);
 }
 

@@ -690,7 +690,7 @@ fn is_placeholder(v: &str) -> bool {
     let l = v.to_lowercase();
     const MARKERS: &[&str] = &[
         "your",
-        "xxxx",
+        "xxxxxx",
         "example",
         "placeholder",
         "redacted",

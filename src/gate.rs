@@ -641,7 +641,7 @@ pub fn scan(text: &str) -> Vec<Finding> {
                 .name("v")
                 .unwrap_or_else(|| caps.get(0).expect("group 0"));
             let value = m.as_str();
-            if is_placeholder(value) {
+            if is_placeholder(value, matches!(rule.check, Check::Exact)) {
                 continue;
             }
             if matches!(rule.check, Check::Random) && !looks_random(value) {
@@ -686,17 +686,21 @@ fn mask(value: &str, prefix: usize) -> String {
 }
 
 /// Placeholders and references, not secrets.
-fn is_placeholder(v: &str) -> bool {
+///
+/// `strict` is for rules whose shape is specific (a `ghp_` token): only
+/// markers a random token cannot plausibly contain count there (six letters or
+/// more, or punctuation). Four-letter words like `todo` turn up by chance in
+/// about one random 36-character token in 30,000, so only generic
+/// assignments, which need more care against prose and code, use them.
+fn is_placeholder(v: &str, strict: bool) -> bool {
     let l = v.to_lowercase();
-    const MARKERS: &[&str] = &[
-        "your",
+    const STRONG: &[&str] = &[
         "xxxxxx",
         "example",
         "placeholder",
         "redacted",
         "changeme",
         "change_me",
-        "dummy",
         "sample",
         "<",
         ">",
@@ -708,8 +712,6 @@ fn is_placeholder(v: &str) -> bool {
         "****",
         "insert",
         "replace",
-        "todo",
-        "fake",
         "abcdefgh",
         "12345678",
         "process.env",
@@ -718,8 +720,13 @@ fn is_placeholder(v: &str) -> bool {
         "env[",
         "env.",
         "secrets.",
+        "your_",
+        "your-",
+        "_here",
+        "-here",
     ];
-    if MARKERS.iter().any(|m| l.contains(m)) {
+    const WEAK: &[&str] = &["your", "xxxx", "dummy", "todo", "fake"];
+    if STRONG.iter().any(|m| l.contains(m)) || (!strict && WEAK.iter().any(|m| l.contains(m))) {
         return true;
     }
     let mut chars = v.chars().filter(|c| c.is_ascii_alphanumeric());
@@ -1085,6 +1092,16 @@ mod tests {
         assert_eq!((f[0].line, f[0].column), (2, 9));
         assert_eq!(f[0].masked, "ghp_…[40 chars]");
         assert!(!f[0].to_string().contains(&key[4..]));
+    }
+
+    #[test]
+    fn specific_shapes_ignore_short_words_that_occur_by_chance() {
+        // "todo" and "Fake" inside a random token body are chance, not a placeholder.
+        hit("github-token", "ghp_Zq8todoLm9Ty4Rw7Pk3FakeJs1Gd5Fb0Ca8E");
+        // A generic assignment with the same words is a placeholder.
+        clean("api_token = \"todo-fill-in-Zq8Lm9Ty4\"");
+        // Strong markers hold for every rule.
+        clean("GITHUB_TOKEN=ghp_your-token-here-xxxxxxxxxxxxxxxxxxxx");
     }
 
     #[test]

@@ -831,8 +831,10 @@ impl Engine {
         progress: impl Fn(usize, usize, String),
     ) -> Vec<TaskResult> {
         let total = tasks.len();
+        // Share the result budget between tasks, never below a readable minimum.
         let per_task_cap = (MAX_FANOUT_CHARS / total.max(1))
-            .clamp(500, self.catalog.settings.fanout_max_chars_per_task);
+            .min(self.catalog.settings.fanout_max_chars_per_task)
+            .max(200);
         let mut results: Vec<Option<TaskResult>> = vec![None; total];
         let mut stream = futures::stream::iter(tasks.into_iter().enumerate())
             .map(|(i, task)| async move {

@@ -316,12 +316,14 @@ impl Server {
 
     async fn list_models(&self) -> Result<String, String> {
         let catalog = self.engine.resolved_catalog().await;
-        let snap = self
-            .engine
-            .snapshot(&catalog)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(status::models_text(&catalog, &snap))
+        match self.engine.snapshot(&catalog).await {
+            Ok(snap) => Ok(status::models_text(&catalog, &snap)),
+            // The catalog is still worth showing when the ledger is not.
+            Err(e) => Ok(format!(
+                "{}\n\nnote: quota left is unknown: {e}",
+                status::models_text(&catalog, &crate::ledger::UsageSnapshot::default())
+            )),
+        }
     }
 
     fn claude_budget(&self) -> String {

@@ -143,6 +143,11 @@ fn a_read_only_state_dir_is_a_clear_error() {
     assert!(e && text.contains("FREEPOOL_STATE_DIR"), "{text}");
     let (e, _) = c.call("claude_budget", json!({}));
     assert!(!e, "tools that need no state keep working");
+    let (e, text) = c.call("list_models", json!({}));
+    assert!(
+        !e && text.contains("alpha/m1") && text.contains("quota left is unknown"),
+        "{text}"
+    );
 }
 
 #[test]

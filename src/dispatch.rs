@@ -747,7 +747,7 @@ impl Engine {
                     });
                 }
                 Err(err) => {
-                    let failure = err.failure.clone();
+                    let failure = with_daily_reset(err.failure.clone(), cand.provider, now);
                     let label = failure.label();
                     tracing::info!(model = %cand.id(), outcome = %label, ms, "attempt failed");
                     let skip = failure.skip();
@@ -934,6 +934,27 @@ impl Engine {
     }
 }
 
+/// A 429 that speaks of a daily quota but states no wait lasts until the
+/// provider's day resets, when the catalog says when that is (a fixed midnight).
+fn with_daily_reset(f: Failure, provider: &Provider, now: Millis) -> Failure {
+    match f {
+        Failure::RateLimited {
+            retry_after: None,
+            daily: true,
+            learned,
+        } => {
+            let until = ledger::next_reset(crate::config::Window::Day, provider.day_reset, now);
+            let retry_after = until.map(|t| Duration::from_millis((t - now).max(1000) as u64));
+            Failure::RateLimited {
+                retry_after,
+                daily: true,
+                learned,
+            }
+        }
+        other => other,
+    }
+}
+
 /// Keeps the first `max` characters of `text`, saying how many were cut.
 fn cut(text: String, max: usize, hint: &str) -> String {
     let total = text.chars().count();
@@ -957,6 +978,42 @@ async fn commit(ledger: &Ledger, lease: ledger::Lease, rec: AttemptRecord, now: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn daily_quota_lasts_until_the_providers_midnight() {
+        let cat = crate::config::load_from(None, &|_| None);
+        let google = cat.provider("google").unwrap();
+        // 2026-11-24T07:00:00Z is 23:00 in Los Angeles: an hour to the reset.
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T07:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let f = Failure::RateLimited {
+            retry_after: None,
+            daily: true,
+            learned: None,
+        };
+        match with_daily_reset(f, google, now) {
+            Failure::RateLimited {
+                retry_after: Some(d),
+                ..
+            } => assert_eq!(d, Duration::from_secs(3600)),
+            other => panic!("{other:?}"),
+        }
+        // A rolling provider keeps the guessed back-off.
+        let groq = cat.provider("groq").unwrap();
+        let f = Failure::RateLimited {
+            retry_after: None,
+            daily: true,
+            learned: None,
+        };
+        assert!(matches!(
+            with_daily_reset(f, groq, now),
+            Failure::RateLimited {
+                retry_after: None,
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn cut_keeps_short_text_and_marks_long_text() {

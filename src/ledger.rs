@@ -309,7 +309,7 @@ impl Blocked {
 pub struct Headroom {
     /// 0.0 (nothing left) to 1.0 (untouched); 1.0 when there is no limit.
     pub fraction: f64,
-    /// Requests left today in the tightest daily-or-shorter request limit.
+    /// Requests left today: the tightest day (or month) request limit.
     pub requests_left_today: Option<u64>,
     /// Tokens left today, likewise.
     pub tokens_left_today: Option<u64>,
@@ -423,7 +423,9 @@ impl UsageSnapshot {
                 }
                 let left = max - used;
                 head.fraction = head.fraction.min(left as f64 / max.max(1) as f64);
-                if limit.window <= Window::Day {
+                // What is left "today" is bounded by the day's and the month's remainder;
+                // minute and hour limits are rates, not a daily allowance.
+                if limit.window >= Window::Day {
                     let slot = match limit.axis {
                         Axis::Requests => &mut head.requests_left_today,
                         Axis::Tokens => &mut head.tokens_left_today,

@@ -39,6 +39,21 @@ fn until(t: Millis, now: Millis) -> String {
     )
 }
 
+/// The tightest request rate of a model, its pools included: `30/min`, `200/hour`.
+fn rate_of(p: &Provider, m: &crate::config::Model) -> Option<String> {
+    let pools = p
+        .pools
+        .iter()
+        .filter(|pl| pl.covers(&m.id))
+        .flat_map(|pl| pl.limits.iter());
+    m.limits
+        .iter()
+        .chain(pools)
+        .filter(|l| l.axis == crate::config::Axis::Requests && l.window < Window::Day)
+        .min_by_key(|l| (l.window, l.max))
+        .map(|l| format!("{}/{}", l.max, l.window.label()))
+}
+
 /// The `list_models` text: usable models, compact, one line each.
 pub fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
     let mut lines = Vec::new();
@@ -87,12 +102,15 @@ pub fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
                 continue;
             };
             any = true;
-            let left = match (h.requests_left_today, h.tokens_left_today) {
+            let mut left = match (h.requests_left_today, h.tokens_left_today) {
                 (Some(r), Some(t)) => format!("{} req, {} tok left today", compact(r), compact(t)),
                 (Some(r), None) => format!("{} req left today", compact(r)),
                 (None, Some(t)) => format!("{} tok left today", compact(t)),
-                (None, None) => "no published daily cap".into(),
+                (None, None) => "no daily cap".into(),
             };
+            if let Some(rate) = rate_of(p, m) {
+                left.push_str(&format!(" ({rate})"));
+            }
             let mut notes = Vec::new();
             if p.is_keyless() && p.usable_keys().next().is_none() {
                 notes.push("keyless, anonymous");

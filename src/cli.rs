@@ -140,22 +140,52 @@ fn out(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn load(cli: &Cli) -> (config::Catalog, PathBuf) {
-    let user = cli.config.clone().or_else(config::user_config_path);
+fn load_quiet(
+    config_file: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+) -> (config::Catalog, PathBuf) {
+    let user = config_file.or_else(config::user_config_path);
     let lookup = |name: &str| std::env::var(name).ok();
     let catalog = config::load_from(user.as_deref(), &lookup);
+    (catalog, state_dir.unwrap_or_else(config::state_dir))
+}
+
+fn load(cli: &Cli) -> (config::Catalog, PathBuf) {
+    let (catalog, state) = load_quiet(cli.config.clone(), cli.state_dir.clone());
     for w in &catalog.warnings {
         tracing::warn!("{w}");
     }
-    let state = cli.state_dir.clone().unwrap_or_else(config::state_dir);
     (catalog, state)
 }
 
+/// The catalog being loaded ahead of time on its own thread.
+pub type Preload = std::thread::JoinHandle<(config::Catalog, PathBuf)>;
+
+/// For the server, starts loading the catalog at once on another thread, so
+/// that it overlaps with setting up logging and the runtime: `initialize` is
+/// answered sooner. Other commands load when they need to.
+pub fn preload(cli: &Cli) -> Option<Preload> {
+    if !matches!(cli.command, None | Some(Command::Serve)) {
+        return None;
+    }
+    let (config_file, state_dir) = (cli.config.clone(), cli.state_dir.clone());
+    std::thread::Builder::new()
+        .name("catalog".into())
+        .spawn(move || load_quiet(config_file, state_dir))
+        .ok()
+}
+
 /// Runs the command; returns the exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
     match &cli.command {
         None | Some(Command::Serve) => {
-            let (catalog, state) = load(&cli);
+            let (catalog, state) = match preloaded.map(|h| h.join()) {
+                Some(Ok(loaded)) => loaded,
+                _ => load_quiet(cli.config.clone(), cli.state_dir.clone()),
+            };
+            for w in &catalog.warnings {
+                tracing::warn!("{w}");
+            }
             for p in &catalog.problems {
                 tracing::error!("config problem: {p}");
             }

@@ -610,8 +610,8 @@ pub fn load_from(user: Option<&Path>, env_lookup: &dyn Fn(&str) -> Option<String
     };
     let settings = resolve_settings(&doc.settings, &locate, &mut problems);
     let mut providers = Vec::new();
-    for (id, value) in &doc.providers {
-        match resolve_provider(id, value, &settings, env_lookup, &locate) {
+    for (id, value) in doc.providers {
+        match resolve_provider(&id, value, &settings, env_lookup, &locate) {
             Ok(Some(p)) => providers.push(p),
             Ok(None) => {}
             Err(e) => problems.push(e),
@@ -825,7 +825,7 @@ fn resolve_settings(
 
 fn resolve_provider(
     id: &str,
-    value: &toml::Value,
+    value: toml::Value,
     settings: &Settings,
     env_lookup: &dyn Fn(&str) -> Option<String>,
     locate: &dyn Fn(&str) -> (PathBuf, Option<usize>),
@@ -844,8 +844,8 @@ fn resolve_provider(
             message: format!("{full}: {message}"),
         }
     };
-    let raw: ProviderFile = value
-        .clone()
+    // Values are moved, not cloned, into their typed forms: this runs at every start.
+    let mut raw: ProviderFile = value
         .try_into()
         .map_err(|e: toml::de::Error| err("", e.message().trim().to_owned()))?;
     if !is_valid_id(id) {
@@ -928,8 +928,9 @@ fn resolve_provider(
     let day_reset = parse_reset(raw.day_reset.as_deref()).map_err(|m| err("day_reset", m))?;
     let month_reset = parse_reset(raw.month_reset.as_deref()).map_err(|m| err("month_reset", m))?;
     let mut pools = Vec::new();
-    for (pid, pv) in &raw.pools {
-        let pf: PoolFile = pv.clone().try_into().map_err(|e: toml::de::Error| {
+    let model_ids: Vec<String> = raw.models.keys().cloned().collect();
+    for (pid, pv) in std::mem::take(&mut raw.pools) {
+        let pf: PoolFile = pv.try_into().map_err(|e: toml::de::Error| {
             err(&format!("pools.{pid}"), e.message().trim().to_owned())
         })?;
         let limits = limits_of(pf.limits.unwrap_or_default(), day_reset, month_reset);
@@ -940,7 +941,7 @@ fn resolve_provider(
             ));
         }
         if let Some(ms) = &pf.models
-            && let Some(unknown) = ms.iter().find(|m| !raw.models.contains_key(*m))
+            && let Some(unknown) = ms.iter().find(|m| !model_ids.contains(m))
         {
             return Err(err(
                 &format!("pools.{pid}.models"),
@@ -954,10 +955,9 @@ fn resolve_provider(
         });
     }
     let mut models = Vec::new();
-    for (mid, mv) in &raw.models {
+    for (mid, mv) in std::mem::take(&mut raw.models) {
         let mpath = format!("models.\"{mid}\"");
         let mf: ModelFile = mv
-            .clone()
             .try_into()
             .map_err(|e: toml::de::Error| err(&mpath, e.message().trim().to_owned()))?;
         if mf.enabled == Some(false) {

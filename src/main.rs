@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
+    let preloaded = cli::preload(&cli);
     let default = if cli.command.is_none() {
         "freepool_mcp=info,rmcp=warn"
     } else {
@@ -33,7 +34,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let code = match runtime.block_on(cli::run(cli)) {
+    let code = match runtime.block_on(cli::run(cli, preloaded)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

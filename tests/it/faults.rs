@@ -200,23 +200,97 @@ fn keys_never_reach_logs_or_results() {
 fn each_error_class_leads_to_its_skip_and_bench() {
     let fp = freepool_mcp::config::ApiKey::new("mock-secret-key-value-0001").fingerprint();
     let limited = |headers: &[(&str, &str)], body: &str| Behavior::RateLimited {
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         body: body.into(),
     };
-    // (behaviour, expected bench: (scope, reason, source, approximate seconds)), None = no bench
-    let cases: Vec<(Behavior, Option<(String, &str, &str, u64)>)> = vec![
-        (limited(&[("retry-after", "17")], "slow down"), Some((format!("bad key {fp}"), "429 rate limited", "stated by provider", 17))),
+    // The expected bench: (scope, reason, source, approximate seconds); None = no bench.
+    type Bench<'a> = Option<(String, &'a str, &'a str, u64)>;
+    let cases: Vec<(Behavior, Bench)> = vec![
         (
-            limited(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "2m59.56s")], "{}"),
-            Some((format!("bad key {fp}"), "429 rate limited", "stated by provider", 180)),
+            limited(&[("retry-after", "17")], "slow down"),
+            Some((
+                format!("bad key {fp}"),
+                "429 rate limited",
+                "stated by provider",
+                17,
+            )),
         ),
-        (limited(&[], "You exceeded your daily free allocation"), Some((format!("bad key {fp}"), "429 daily quota", "guessed back-off", 3600))),
-        (limited(&[], "rate limited"), Some((format!("bad key {fp}"), "429 rate limited", "guessed back-off", 90))),
-        (Behavior::Unauthorized, Some((format!("bad key {fp}"), "401 key rejected", "guessed back-off", 600))),
-        (Behavior::Status(402, "no credit".into()), Some((format!("bad key {fp}"), "402 out of credit", "guessed back-off", 86400))),
-        (Behavior::Status(403, "not on your tier".into()), Some((format!("bad/m1 key {fp}"), "403 not allowed for this key", "guessed back-off", 86400))),
-        (Behavior::Status(404, "no such model".into()), Some(("bad/m1".into(), "model not served (404)", "guessed back-off", 3600))),
-        (Behavior::Status(500, "boom".into()), Some(("bad".into(), "500 server error", "guessed back-off", 20))),
+        (
+            limited(
+                &[
+                    ("x-ratelimit-remaining-requests", "0"),
+                    ("x-ratelimit-reset-requests", "2m59.56s"),
+                ],
+                "{}",
+            ),
+            Some((
+                format!("bad key {fp}"),
+                "429 rate limited",
+                "stated by provider",
+                180,
+            )),
+        ),
+        (
+            limited(&[], "You exceeded your daily free allocation"),
+            Some((
+                format!("bad key {fp}"),
+                "429 daily quota",
+                "guessed back-off",
+                3600,
+            )),
+        ),
+        (
+            limited(&[], "rate limited"),
+            Some((
+                format!("bad key {fp}"),
+                "429 rate limited",
+                "guessed back-off",
+                90,
+            )),
+        ),
+        (
+            Behavior::Unauthorized,
+            Some((
+                format!("bad key {fp}"),
+                "401 key rejected",
+                "guessed back-off",
+                600,
+            )),
+        ),
+        (
+            Behavior::Status(402, "no credit".into()),
+            Some((
+                format!("bad key {fp}"),
+                "402 out of credit",
+                "guessed back-off",
+                86400,
+            )),
+        ),
+        (
+            Behavior::Status(403, "not on your tier".into()),
+            Some((
+                format!("bad/m1 key {fp}"),
+                "403 not allowed for this key",
+                "guessed back-off",
+                86400,
+            )),
+        ),
+        (
+            Behavior::Status(404, "no such model".into()),
+            Some((
+                "bad/m1".into(),
+                "model not served (404)",
+                "guessed back-off",
+                3600,
+            )),
+        ),
+        (
+            Behavior::Status(500, "boom".into()),
+            Some(("bad".into(), "500 server error", "guessed back-off", 20)),
+        ),
         (Behavior::Status(413, "too large".into()), None),
         (Behavior::EmptyChoices, None),
     ];
@@ -225,9 +299,17 @@ fn each_error_class_leads_to_its_skip_and_bench() {
         let bad = MockUpstream::start_blocking("bad");
         bad.default(behavior.clone());
         let sb = Sandbox::new();
-        sb.config(&format!("{}{}", provider("bad", &bad, "priority = 5", ""), provider("good", &good, "", "")));
+        sb.config(&format!(
+            "{}{}",
+            provider("bad", &bad, "priority = 5", ""),
+            provider("good", &good, "", "")
+        ));
         let out = sb.cmd().args(["delegate", "hello"]).output().unwrap();
-        assert!(out.status.success(), "{behavior:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{behavior:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let status = crate::support::status_json(&sb);
         let cooldowns = status["cooldowns"].as_array().unwrap();
         match want {
@@ -240,9 +322,13 @@ fn each_error_class_leads_to_its_skip_and_bench() {
                 assert_eq!(c["source"], source, "{behavior:?}");
                 // "in 2m" / "in 1h 0m": the relative part reads back the length.
                 let until = c["until"].as_str().unwrap();
-                let when = chrono::DateTime::parse_from_rfc3339(until.split(' ').next().unwrap()).unwrap();
-                let left = (when.timestamp() - chrono::Utc::now().timestamp()) as i64;
-                assert!((left - secs as i64).abs() <= 5, "{behavior:?}: {left}s left, want ~{secs}s ({until})");
+                let when =
+                    chrono::DateTime::parse_from_rfc3339(until.split(' ').next().unwrap()).unwrap();
+                let left = when.timestamp() - chrono::Utc::now().timestamp();
+                assert!(
+                    (left - secs as i64).abs() <= 5,
+                    "{behavior:?}: {left}s left, want ~{secs}s ({until})"
+                );
             }
         }
         // A second call skips the benched scope and goes straight to the good provider.

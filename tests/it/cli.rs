@@ -171,6 +171,11 @@ fn init_is_idempotent_and_keeps_the_old_statusline() {
     let cmd = settings["statusLine"]["command"].as_str().unwrap();
     assert!(cmd.contains("statusline --then '~/bin/my-line'"), "{cmd}");
     assert_eq!(settings["theme"], "dark");
+    let raw = std::fs::read_to_string(claude.join("settings.json")).unwrap();
+    assert!(
+        raw.find("\"theme\"") < raw.find("\"statusLine\""),
+        "the user's key order is kept: {raw}"
+    );
     assert!(std::fs::read_dir(&claude).unwrap().any(|e| {
         e.unwrap()
             .file_name()

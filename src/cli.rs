@@ -234,7 +234,7 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
                     Ok(0)
                 }
                 Err(e) => {
-                    eprintln!("error: {}", mcp::error_text(&e));
+                    eprintln!("error: {e}");
                     Ok(1)
                 }
             }

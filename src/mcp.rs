@@ -24,7 +24,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::dispatch::{self, DelegateRequest, Engine, LogFields, Served, Task};
+use crate::dispatch::{DelegateRequest, Engine, LogFields, Served, Task};
 use crate::ledger::now_ms;
 use crate::{budget, decisions, gate, router, status};
 
@@ -618,11 +618,6 @@ pub async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Error text of a dispatch error, for the CLI.
-pub fn error_text(e: &dispatch::Error) -> String {
-    e.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,12 +725,12 @@ mod tests {
             estimated: false,
             latency_ms: 40,
             attempts: vec![
-                dispatch::Attempt {
+                crate::dispatch::Attempt {
                     model: "cerebras/x".into(),
                     outcome: "429 rate limited".into(),
                     ms: 5,
                 },
-                dispatch::Attempt {
+                crate::dispatch::Attempt {
                     model: "groq/llama".into(),
                     outcome: "ok".into(),
                     ms: 30,

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::budget::{self, Assessment};
-use crate::config::{Catalog, KeySource, Provider, Window};
+use crate::config::{Catalog, Provider, Window};
 use crate::ledger::{Blocked, Millis, UsageSnapshot, next_reset};
 use crate::router::{self, ANON};
 
@@ -283,7 +283,7 @@ pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> Sta
             .filter_map(|k| {
                 k.key
                     .as_ref()
-                    .map(|key| format!("{} from {}", key.fingerprint(), describe(&k.source)))
+                    .map(|key| format!("{} from {}", key.fingerprint(), k.source))
             })
             .collect();
         keys.push((
@@ -395,10 +395,6 @@ pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> Sta
         in_flight,
         soonest_reset: soonest.map(|s| until(s, now)),
     }
-}
-
-fn describe(s: &KeySource) -> String {
-    s.to_string()
 }
 
 fn sum(

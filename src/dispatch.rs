@@ -26,7 +26,7 @@ use crate::config::{Catalog, Provider};
 use crate::decisions::{self, Decision};
 use crate::gate::{self, Finding};
 use crate::ledger::{self, AttemptRecord, BenchFn, BenchScope, Ledger, Millis, now_ms};
-use crate::router::{self, Exclusion, Rejection, Selector, UnknownModel};
+use crate::router::{self, Exclusion, Rejection, UnknownModel};
 use crate::upstream::{self, BenchSource, ChatRequest, Failure, Skip, Target};
 
 /// Longest answer returned by `delegate`, in characters.
@@ -580,7 +580,7 @@ impl Engine {
         let started = Instant::now();
         let deadline = started + settings.call_timeout;
         let rreq = router::Request {
-            selector: selector.clone(),
+            selector,
             prompt_chars: req.prompt.chars().count()
                 + req.system.as_deref().map_or(0, |s| s.chars().count()),
             max_tokens: req.max_tokens,
@@ -611,34 +611,7 @@ impl Engine {
             let snap = self.snapshot(&catalog).await?;
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
             let plan = router::plan(&catalog, &rreq, &snap, &excluded, rotation);
-            let mut leased = None;
-            let mut lost = Vec::new();
-            for cand in &plan.candidates {
-                let (l, p, m, fp, tokens) = (
-                    ledger.clone(),
-                    cand.provider.clone(),
-                    cand.model.clone(),
-                    cand.key_fp.clone(),
-                    cand.lease_tokens,
-                );
-                let got =
-                    tokio::task::spawn_blocking(move || l.lease(&p, &m, &fp, tokens, now_ms()))
-                        .await
-                        .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
-                        .map_err(|e| Error::State(format!("{e:#}")))?;
-                match got {
-                    Ok(lease) => {
-                        leased = Some((cand.clone(), lease));
-                        break;
-                    }
-                    // Another process took the room between snapshot and lease.
-                    Err(blocked) => lost.push(Rejection {
-                        id: cand.id(),
-                        frees_at: blocked.frees_at(),
-                        reason: router::Reason::Blocked(blocked),
-                    }),
-                }
-            }
+            let (leased, lost) = lease_first(&ledger, &plan).await?;
             let Some((cand, lease)) = leased else {
                 // Nothing free now. Wait if capacity returns soon enough, else explain.
                 let now = now_ms();
@@ -693,35 +666,8 @@ impl Engine {
             let now = now_ms();
             match outcome {
                 Ok(done) => {
-                    let (prompt_tokens, completion_tokens, estimated) = match done.usage {
-                        Some(u) if u.prompt + u.completion > 0 => (u.prompt, u.completion, false),
-                        _ => (
-                            cand.prompt_tokens,
-                            (done.text.chars().count() as u64).div_ceil(3),
-                            true,
-                        ),
-                    };
-                    let rec = AttemptRecord {
-                        reached: true,
-                        tokens: prompt_tokens + completion_tokens,
-                        outcome: "ok".into(),
-                        calibration: (!estimated).then_some((rreq.prompt_chars, prompt_tokens)),
-                        bench: done.rate.exhausted_for().map(|d| {
-                            // The answer says a window is now empty: trust it. Providers
-                            // report these per model (Groq, Cerebras), so bench that pair.
-                            let f: BenchFn = Arc::new(move |_| Some((d, true)));
-                            (
-                                BenchScope::model_key(
-                                    &cand.provider.id,
-                                    &cand.model.id,
-                                    &cand.key_fp,
-                                ),
-                                "provider window used up".to_owned(),
-                                f,
-                            )
-                        }),
-                        learned: None,
-                    };
+                    let (rec, prompt_tokens, completion_tokens, estimated) =
+                        success_record(&cand, &done, rreq.prompt_chars);
                     commit(&ledger, lease, rec, now).await;
                     attempts.push(Attempt {
                         model: cand.id(),
@@ -747,76 +693,16 @@ impl Engine {
                     });
                 }
                 Err(err) => {
-                    let failure = with_daily_reset(err.failure.clone(), cand.provider, now);
-                    let label = failure.label();
-                    tracing::info!(model = %cand.id(), outcome = %label, ms, "attempt failed");
-                    let skip = failure.skip();
-                    let scope = match skip {
-                        Skip::Key => BenchScope::key(&cand.provider.id, &cand.key_fp),
-                        Skip::ModelForKey => {
-                            BenchScope::model_key(&cand.provider.id, &cand.model.id, &cand.key_fp)
-                        }
-                        Skip::Model => BenchScope::model(&cand.provider.id, &cand.model.id),
-                        Skip::Provider => BenchScope::provider(&cand.provider.id),
-                    };
-                    let reached = !matches!(failure, Failure::Transport);
-                    let tokens = match failure {
-                        Failure::FirstByteTimeout
-                        | Failure::Stalled
-                        | Failure::BadBody
-                        | Failure::Empty => cand.prompt_tokens,
-                        _ => 0,
-                    };
-                    let learned = match &failure {
-                        Failure::RateLimited { learned, .. } => *learned,
-                        _ => None,
-                    };
-                    let f2 = failure.clone();
-                    let bench: BenchFn = Arc::new(move |strikes| {
-                        f2.bench(strikes)
-                            .map(|(d, src)| (d, src == BenchSource::Stated))
-                    });
-                    let rec = AttemptRecord {
-                        reached,
-                        tokens,
-                        outcome: label.clone(),
-                        calibration: None,
-                        bench: Some((scope, label.clone(), bench)),
-                        learned,
-                    };
+                    let failure = with_daily_reset(err.failure, cand.provider, now);
+                    tracing::info!(model = %cand.id(), outcome = %failure.label(), ms, "attempt failed");
+                    let (rec, exclusion) = failure_record(&cand, &failure);
                     commit(&ledger, lease, rec, now).await;
-                    let detail = if err.detail.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", err.detail)
-                    };
-                    let wait = match &failure {
-                        Failure::RateLimited {
-                            retry_after: Some(d),
-                            ..
-                        } => format!(" (retry in {}s)", d.as_secs_f64().ceil() as u64),
-                        _ => String::new(),
-                    };
                     attempts.push(Attempt {
                         model: cand.id(),
-                        outcome: format!("{label}{wait}{detail}"),
+                        outcome: attempt_outcome(&failure, &err.detail),
                         ms,
                     });
-                    excluded.push(Exclusion {
-                        skip,
-                        provider: cand.provider.id.clone(),
-                        model: cand.model.id.clone(),
-                        key_fp: cand.key_fp.clone(),
-                        reason: label,
-                    });
-                    if matches!(selector, Selector::Exact { .. })
-                        && matches!(failure, Failure::ContextTooLong)
-                    {
-                        return Err(Error::Exhausted {
-                            attempts,
-                            timed_out: false,
-                        });
-                    }
+                    excluded.push(exclusion);
                 }
             }
         }
@@ -932,6 +818,141 @@ impl Engine {
             }
         }
     }
+}
+
+/// Leases the first candidate of `plan` that still has room. Candidates that
+/// lost the room to another process since the snapshot come back with why.
+async fn lease_first<'c>(
+    ledger: &Ledger,
+    plan: &router::Plan<'c>,
+) -> Result<
+    (
+        Option<(router::Candidate<'c>, ledger::Lease)>,
+        Vec<Rejection>,
+    ),
+    Error,
+> {
+    let mut lost = Vec::new();
+    for cand in &plan.candidates {
+        let (l, p, m, fp, tokens) = (
+            ledger.clone(),
+            cand.provider.clone(),
+            cand.model.clone(),
+            cand.key_fp.clone(),
+            cand.lease_tokens,
+        );
+        let got = tokio::task::spawn_blocking(move || l.lease(&p, &m, &fp, tokens, now_ms()))
+            .await
+            .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
+            .map_err(|e| Error::State(format!("{e:#}")))?;
+        match got {
+            Ok(lease) => return Ok((Some((cand.clone(), lease)), lost)),
+            Err(blocked) => lost.push(Rejection {
+                id: cand.id(),
+                frees_at: blocked.frees_at(),
+                reason: router::Reason::Blocked(blocked),
+            }),
+        }
+    }
+    Ok((None, lost))
+}
+
+/// What a successful attempt puts in the ledger, and the token counts to report
+/// (`estimated` when the provider reported no usage).
+fn success_record(
+    cand: &router::Candidate<'_>,
+    done: &upstream::Completion,
+    prompt_chars: usize,
+) -> (AttemptRecord, u64, u64, bool) {
+    let (prompt_tokens, completion_tokens, estimated) = match done.usage {
+        Some(u) if u.prompt + u.completion > 0 => (u.prompt, u.completion, false),
+        _ => (
+            cand.prompt_tokens,
+            (done.text.chars().count() as u64).div_ceil(3),
+            true,
+        ),
+    };
+    let bench = done.rate.exhausted_for().map(|d| {
+        // The answer says a window is now empty: trust it. Providers report
+        // these per model (Groq, Cerebras), so bench that model for this key.
+        let f: BenchFn = Arc::new(move |_| Some((d, true)));
+        let scope = BenchScope::model_key(&cand.provider.id, &cand.model.id, &cand.key_fp);
+        (scope, "provider window used up".to_owned(), f)
+    });
+    let rec = AttemptRecord {
+        reached: true,
+        tokens: prompt_tokens + completion_tokens,
+        outcome: "ok".into(),
+        calibration: (!estimated).then_some((prompt_chars, prompt_tokens)),
+        bench,
+        learned: None,
+    };
+    (rec, prompt_tokens, completion_tokens, estimated)
+}
+
+/// What a failed attempt puts in the ledger (its bench, by the failure's
+/// class) and what it rules out for the rest of the call.
+fn failure_record(cand: &router::Candidate<'_>, failure: &Failure) -> (AttemptRecord, Exclusion) {
+    let (p, m, k) = (&cand.provider.id, &cand.model.id, &cand.key_fp);
+    let skip = failure.skip();
+    let scope = match skip {
+        Skip::Key => BenchScope::key(p, k),
+        Skip::ModelForKey => BenchScope::model_key(p, m, k),
+        Skip::Model => BenchScope::model(p, m),
+        Skip::Provider => BenchScope::provider(p),
+    };
+    // Only a connection that never opened is certain not to count upstream;
+    // a request that may have been processed counts its prompt too.
+    let reached = !matches!(failure, Failure::Transport);
+    let tokens = match failure {
+        Failure::FirstByteTimeout | Failure::Stalled | Failure::BadBody | Failure::Empty => {
+            cand.prompt_tokens
+        }
+        _ => 0,
+    };
+    let learned = match failure {
+        Failure::RateLimited { learned, .. } => *learned,
+        _ => None,
+    };
+    let label = failure.label();
+    let f = failure.clone();
+    let bench: BenchFn = Arc::new(move |strikes| {
+        f.bench(strikes)
+            .map(|(d, src)| (d, src == BenchSource::Stated))
+    });
+    let rec = AttemptRecord {
+        reached,
+        tokens,
+        outcome: label.clone(),
+        calibration: None,
+        bench: Some((scope, label.clone(), bench)),
+        learned,
+    };
+    let exclusion = Exclusion {
+        skip,
+        provider: p.clone(),
+        model: m.clone(),
+        key_fp: k.clone(),
+        reason: label,
+    };
+    (rec, exclusion)
+}
+
+/// An attempt line: the failure, the stated wait, and the provider's words.
+fn attempt_outcome(failure: &Failure, detail: &str) -> String {
+    let wait = match failure {
+        Failure::RateLimited {
+            retry_after: Some(d),
+            ..
+        } => format!(" (retry in {}s)", d.as_secs_f64().ceil() as u64),
+        _ => String::new(),
+    };
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
+    format!("{}{wait}{detail}", failure.label())
 }
 
 /// A 429 that speaks of a daily quota but states no wait lasts until the

@@ -140,38 +140,38 @@ fn out(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn load_quiet(
-    config_file: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-) -> (config::Catalog, PathBuf) {
+fn load_quiet(config_file: Option<PathBuf>) -> config::Catalog {
     let user = config_file.or_else(config::user_config_path);
     let lookup = |name: &str| std::env::var(name).ok();
-    let catalog = config::load_from(user.as_deref(), &lookup);
-    (catalog, state_dir.unwrap_or_else(config::state_dir))
+    config::load_from(user.as_deref(), &lookup)
 }
 
 fn load(cli: &Cli) -> (config::Catalog, PathBuf) {
-    let (catalog, state) = load_quiet(cli.config.clone(), cli.state_dir.clone());
+    let catalog = load_quiet(cli.config.clone());
     for w in &catalog.warnings {
         tracing::warn!("{w}");
     }
-    (catalog, state)
+    (catalog, state_of(cli))
+}
+
+fn state_of(cli: &Cli) -> PathBuf {
+    cli.state_dir.clone().unwrap_or_else(config::state_dir)
 }
 
 /// The catalog being loaded ahead of time on its own thread.
-pub type Preload = std::thread::JoinHandle<(config::Catalog, PathBuf)>;
+pub type Preload = std::thread::JoinHandle<config::Catalog>;
 
 /// For the server, starts loading the catalog at once on another thread, so
-/// that it overlaps with setting up logging and the runtime: `initialize` is
-/// answered sooner. Other commands load when they need to.
+/// that it overlaps with setting up logging, the runtime and the MCP transport:
+/// `initialize` is answered sooner. Other commands load when they need to.
 pub fn preload(cli: &Cli) -> Option<Preload> {
     if !matches!(cli.command, None | Some(Command::Serve)) {
         return None;
     }
-    let (config_file, state_dir) = (cli.config.clone(), cli.state_dir.clone());
+    let config_file = cli.config.clone();
     std::thread::Builder::new()
         .name("catalog".into())
-        .spawn(move || load_quiet(config_file, state_dir))
+        .spawn(move || load_quiet(config_file))
         .ok()
 }
 
@@ -179,17 +179,12 @@ pub fn preload(cli: &Cli) -> Option<Preload> {
 pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
     match &cli.command {
         None | Some(Command::Serve) => {
-            let (catalog, state) = match preloaded.map(|h| h.join()) {
-                Some(Ok(loaded)) => loaded,
-                _ => load_quiet(cli.config.clone(), cli.state_dir.clone()),
+            // The catalog may still be loading: the engine waits for it at first use.
+            let engine = match preloaded {
+                Some(handle) => Engine::loading(handle, state_of(&cli)),
+                None => Engine::new(load_quiet(cli.config.clone()), state_of(&cli)),
             };
-            for w in &catalog.warnings {
-                tracing::warn!("{w}");
-            }
-            for p in &catalog.problems {
-                tracing::error!("config problem: {p}");
-            }
-            mcp::serve(Arc::new(Engine::new(catalog, state))).await?;
+            mcp::serve(Arc::new(engine)).await?;
             Ok(0)
         }
         Some(Command::Models) => {

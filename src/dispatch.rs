@@ -311,9 +311,14 @@ pub struct TaskResult {
     pub latency_ms: u64,
 }
 
+/// Produces the catalog the first time it is needed.
+type CatalogLoader = Box<dyn FnOnce() -> Catalog + Send>;
+
 /// The engine: catalog, ledger, decision log, and the failover loop.
 pub struct Engine {
-    catalog: Arc<Catalog>,
+    catalog: OnceLock<Arc<Catalog>>,
+    // Taken once, by the first `catalog()` call.
+    loader: std::sync::Mutex<Option<CatalogLoader>>,
     resolved: tokio::sync::OnceCell<Arc<Catalog>>,
     state_dir: PathBuf,
     ledger: OnceLock<Result<Ledger, String>>,
@@ -334,8 +339,36 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine over a loaded catalog and a state dir. Nothing is opened yet.
     pub fn new(catalog: Catalog, state_dir: PathBuf) -> Engine {
+        Engine::with_loader(Box::new(move || catalog), state_dir)
+    }
+
+    /// An engine whose catalog is still loading on another thread: the first
+    /// use waits for it. The server starts this way so that the catalog loads
+    /// while the MCP transport starts.
+    pub fn loading(handle: std::thread::JoinHandle<Catalog>, state_dir: PathBuf) -> Engine {
+        Engine::with_loader(
+            Box::new(move || {
+                handle.join().unwrap_or_else(|_| Catalog {
+                    settings: crate::config::Settings::default(),
+                    providers: Vec::new(),
+                    user_file: None,
+                    problems: vec![crate::config::ConfigError {
+                        origin: "<catalog>".into(),
+                        line: None,
+                        message: "loading the catalog failed unexpectedly; no provider is enabled"
+                            .into(),
+                    }],
+                    warnings: Vec::new(),
+                })
+            }),
+            state_dir,
+        )
+    }
+
+    fn with_loader(loader: CatalogLoader, state_dir: PathBuf) -> Engine {
         Engine {
-            catalog: Arc::new(catalog),
+            catalog: OnceLock::new(),
+            loader: std::sync::Mutex::new(Some(loader)),
             resolved: tokio::sync::OnceCell::new(),
             state_dir,
             ledger: OnceLock::new(),
@@ -357,7 +390,23 @@ impl Engine {
 
     /// The catalog as loaded (command keys possibly unresolved).
     pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+        self.catalog_arc()
+    }
+
+    fn catalog_arc(&self) -> &Arc<Catalog> {
+        self.catalog.get_or_init(|| {
+            let loader = self.loader.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let catalog = loader
+                .map(|f| f())
+                .expect("the loader runs once, inside this init");
+            for w in &catalog.warnings {
+                tracing::warn!("{w}");
+            }
+            for p in &catalog.problems {
+                tracing::error!("config problem: {p}");
+            }
+            Arc::new(catalog)
+        })
     }
 
     /// The state dir.
@@ -369,7 +418,7 @@ impl Engine {
     pub async fn resolved_catalog(&self) -> Arc<Catalog> {
         self.resolved
             .get_or_init(|| async {
-                let base = self.catalog.clone();
+                let base = self.catalog_arc().clone();
                 if !base.providers.iter().any(|p| {
                     p.keys
                         .iter()
@@ -390,7 +439,7 @@ impl Engine {
                     Arc::new(cat)
                 })
                 .await;
-                resolved.unwrap_or_else(|_| self.catalog.clone())
+                resolved.unwrap_or_else(|_| self.catalog_arc().clone())
             })
             .await
             .clone()
@@ -419,7 +468,7 @@ impl Engine {
     pub fn budget(&self) -> Assessment {
         let pinned = budget::pinned_mode(
             self.budget_env.as_deref(),
-            self.catalog.settings.budget_mode.as_deref(),
+            self.catalog().settings.budget_mode.as_deref(),
         );
         let snap = budget::load(&self.state_dir);
         let mut a = budget::assess(
@@ -719,7 +768,7 @@ impl Engine {
         let total = tasks.len();
         // Share the result budget between tasks, never below a readable minimum.
         let per_task_cap = (MAX_FANOUT_CHARS / total.max(1))
-            .min(self.catalog.settings.fanout_max_chars_per_task)
+            .min(self.catalog().settings.fanout_max_chars_per_task)
             .max(200);
         let mut results: Vec<Option<TaskResult>> = vec![None; total];
         let mut stream = futures::stream::iter(tasks.into_iter().enumerate())

@@ -214,7 +214,7 @@ async fn run() {
     let (mut ours_init, mut ours_list, mut base_init, mut base_list) =
         (vec![], vec![], vec![], vec![]);
     let mut idle_rss = 0;
-    for _ in 0..15 {
+    for _ in 0..40 {
         for (program, args, init, list) in [
             (BIN, vec![], &mut ours_init, &mut ours_list),
             (

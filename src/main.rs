@@ -23,8 +23,11 @@ fn main() {
         .with_env_filter(filter)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread is enough: the work is waiting on providers and on stdio, SQLite
+    // runs on the blocking pool, and a fanout is one task polling its calls.
+    // It also starts sooner than a multi-threaded runtime (measured: 1.31x
+    // against 1.37x of a minimal rmcp server to the initialize answer).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -630,8 +630,7 @@ impl Engine {
         let deadline = started + settings.call_timeout;
         let rreq = router::Request {
             selector,
-            prompt_chars: req.prompt.chars().count()
-                + req.system.as_deref().map_or(0, |s| s.chars().count()),
+            prompt_chars: token_weight(&req.prompt) + req.system.as_deref().map_or(0, token_weight),
             max_tokens: req.max_tokens,
             output_reserve: settings.output_reserve,
         };
@@ -1025,6 +1024,15 @@ fn with_daily_reset(f: Failure, provider: &Provider, now: Millis) -> Failure {
     }
 }
 
+/// The length the token estimate works from: ASCII characters count once,
+/// others three times. Tokenizers spend about a token per 3-4 ASCII
+/// characters but often one or more per CJK character or emoji, so a plain
+/// character count would under-reserve for those prompts.
+fn token_weight(text: &str) -> usize {
+    let ascii = text.bytes().filter(u8::is_ascii).count();
+    ascii + 3 * (text.chars().count() - ascii)
+}
+
 /// Keeps the first `max` characters of `text`, saying how many were cut.
 fn cut(text: String, max: usize, hint: &str) -> String {
     let total = text.chars().count();
@@ -1083,6 +1091,13 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn non_ascii_text_weighs_more_for_the_estimate() {
+        assert_eq!(token_weight("hello"), 5);
+        assert_eq!(token_weight("日本語"), 9, "about a token per character");
+        assert_eq!(token_weight("a€"), 4);
     }
 
     #[test]

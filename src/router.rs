@@ -112,7 +112,8 @@ fn suggestions(catalog: &Catalog, asked: &str) -> Vec<String> {
 pub struct Request {
     /// Which models may serve it.
     pub selector: Selector,
-    /// Characters of prompt and system prompt together.
+    /// Length of prompt and system prompt together, in estimate units
+    /// (characters, non-ASCII ones weighted up; see `dispatch`).
     pub prompt_chars: usize,
     /// Completion cap asked for.
     pub max_tokens: Option<u32>,

@@ -17,8 +17,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use freepool_mcp::config;
-use freepool_mcp::dispatch::{DelegateRequest, Engine};
 use mock::{Behavior, MockUpstream};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -355,8 +353,9 @@ async fn run() {
     drop(c);
     drop(f);
 
-    // 4. Quota use: three providers with enforced per-minute limits, four sessions
-    //    sharing one ledger, a workload well past their capacity.
+    // 4. Quota use: three providers with enforced per-minute limits, four server
+    //    processes (four Claude sessions) sharing one state dir, each running a
+    //    fanout, together well past the providers' capacity.
     let limits = [("qa", 20u64), ("qb", 15), ("qc", 10)];
     let dir3 = tempfile::tempdir().unwrap();
     let mut providers = String::new();
@@ -377,38 +376,42 @@ async fn run() {
     }
     let config3 = write_config(dir3.path(), &providers);
     let capacity: u64 = limits.iter().map(|(_, r)| r).sum();
-    let workload = 90;
-    let lookup = |n: &str| (n == "MOCK_KEY").then(|| "bench-mock-key".to_owned());
-    let engines: Vec<Arc<Engine>> = (0..4)
-        .map(|_| {
-            Arc::new(Engine::new(
-                config::load_from(Some(&config3), &lookup),
-                dir3.path().join("state"),
-            ))
-        })
-        .collect();
-    let mut handles = Vec::new();
-    for i in 0..workload {
-        let e = engines[i % engines.len()].clone();
-        handles.push(tokio::spawn(async move {
-            e.delegate(DelegateRequest {
-                prompt: format!("task {i}"),
-                ..Default::default()
-            })
-            .await
-            .is_ok()
-        }));
+    let (sessions, per_session) = (4, 23);
+    let workload = sessions * per_session;
+    let mut servers = Vec::new();
+    for _ in 0..sessions {
+        let mut s = Client::spawn(BIN, &[], &server_env(dir3.path(), &config3));
+        s.initialize().await;
+        servers.push(s);
     }
-    let mut served = 0u64;
-    for h in handles {
-        served += h.await.unwrap() as u64;
-    }
+    let runs = servers.iter_mut().enumerate().map(|(n, s)| async move {
+        let tasks: Vec<Value> = (0..per_session)
+            .map(|i| json!({"prompt": format!("session {n} task {i}")}))
+            .collect();
+        let r = s
+            .request(
+                "tools/call",
+                json!({"name": "fanout", "arguments": {"tasks": tasks, "concurrency": 8}}),
+            )
+            .await;
+        let text = r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        // "fanout: N of M tasks ok"
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    });
+    let served: u64 = futures::future::join_all(runs).await.into_iter().sum();
+    drop(servers);
     let upstream: u64 = mocks.iter().map(|m| m.count() as u64).sum();
     let overshoots: u64 = mocks.iter().map(|m| m.overshoots()).sum();
-    let share = served as f64 / capacity.min(workload as u64) as f64;
+    let share = served as f64 / capacity.min(workload) as f64;
     row(
         &format!(
-            "quota use: served / free capacity ({workload} requests, capacity {capacity}/min)"
+            "quota use: served / free capacity ({sessions} servers, {workload} tasks, capacity {capacity}/min)"
         ),
         format!("{served} / {capacity} = {:.1}%", share * 100.0),
         ">= 95%",

@@ -26,10 +26,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{Datelike, TimeZone, Utc};
+use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::config::{Axis, Limit, Model, Provider, Reset, Window};
+use crate::config::{Axis, Limit, Model, Provider, Reset, Window, Zone};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -72,66 +72,40 @@ pub fn window_start(window: Window, reset: Reset, now: Millis) -> Millis {
         (Window::Hour, _) => now - 3_600_000,
         (Window::Day, Reset::Rolling) => now - 86_400_000,
         (Window::Month, Reset::Rolling) => now - 30 * 86_400_000,
-        (Window::Day, Reset::Midnight(tz)) => {
-            let local = tz
-                .timestamp_millis_opt(now)
-                .single()
-                .unwrap_or_else(|| tz.timestamp_millis_opt(0).unwrap());
-            let midnight = local
-                .date_naive()
-                .and_hms_opt(0, 0, 0)
-                .expect("midnight exists");
-            local_to_ms(tz, midnight)
-        }
-        (Window::Month, Reset::Midnight(tz)) => {
-            let local = tz
-                .timestamp_millis_opt(now)
-                .single()
-                .unwrap_or_else(|| tz.timestamp_millis_opt(0).unwrap());
-            let first = local
-                .date_naive()
-                .with_day(1)
-                .expect("day 1 exists")
-                .and_hms_opt(0, 0, 0)
-                .expect("midnight exists");
-            local_to_ms(tz, first)
+        (Window::Day | Window::Month, Reset::Midnight(zone)) => {
+            fixed_start(window, zone, now).unwrap_or(now - window_len(window))
         }
     }
 }
 
-/// When a fixed window that contains `now` ends (`None` for rolling windows).
-pub fn next_reset(window: Window, reset: Reset, now: Millis) -> Option<Millis> {
-    let Reset::Midnight(tz) = reset else {
-        return None;
+/// Midnight starting the day (or the 1st of the month) containing `now`, in `zone`.
+/// jiff resolves a midnight that falls in a DST gap to the first valid instant.
+fn fixed_start(window: Window, zone: Zone, now: Millis) -> Option<Millis> {
+    let here = jiff::Timestamp::from_millisecond(now)
+        .ok()?
+        .to_zoned_datetime(zone.tz());
+    let day = match window {
+        Window::Month => here.first_of_month().ok()?,
+        _ => here,
     };
-    let start = window_start(window, reset, now);
-    let local = tz.timestamp_millis_opt(start).single()?.naive_local();
-    let next = match window {
-        Window::Day => local.date().succ_opt()?.and_hms_opt(0, 0, 0)?,
-        Window::Month => {
-            let d = local.date();
-            let (y, m) = if d.month() == 12 {
-                (d.year() + 1, 1)
-            } else {
-                (d.year(), d.month() + 1)
-            };
-            chrono::NaiveDate::from_ymd_opt(y, m, 1)?.and_hms_opt(0, 0, 0)?
-        }
-        _ => return None,
-    };
-    Some(local_to_ms(tz, next))
+    Some(day.start_of_day().ok()?.timestamp().as_millisecond())
 }
 
-fn local_to_ms(tz: chrono_tz::Tz, t: chrono::NaiveDateTime) -> Millis {
-    // Midnight can fall in a DST gap in a few zones; take the earliest valid instant.
-    tz.from_local_datetime(&t)
-        .earliest()
-        .or_else(|| {
-            tz.from_local_datetime(&(t + chrono::Duration::hours(1)))
-                .earliest()
-        })
-        .map(|d| d.timestamp_millis())
-        .unwrap_or_else(|| t.and_utc().timestamp_millis())
+/// When a fixed window that contains `now` ends (`None` for rolling windows).
+pub fn next_reset(window: Window, reset: Reset, now: Millis) -> Option<Millis> {
+    let Reset::Midnight(zone) = reset else {
+        return None;
+    };
+    let start = jiff::Timestamp::from_millisecond(fixed_start(window, zone, now)?)
+        .ok()?
+        .to_zoned_datetime(zone.tz());
+    let span = match window {
+        Window::Day => jiff::Span::new().days(1),
+        Window::Month => jiff::Span::new().months(1),
+        _ => return None,
+    };
+    let next = start.checked_add(span).ok()?.start_of_day().ok()?;
+    Some(next.timestamp().as_millisecond())
 }
 
 fn window_len(window: Window) -> Millis {
@@ -1016,7 +990,7 @@ mod tests {
 
     #[test]
     fn fixed_day_rolls_at_pacific_midnight() {
-        let tz = Reset::Midnight(chrono_tz::America::Los_Angeles);
+        let tz = Reset::Midnight(Zone::new("America/Los_Angeles").unwrap());
         // 07:59 UTC on 2026-11-24 is 23:59 PST on the 23rd.
         let before = ms("2026-11-24T07:59:00Z");
         assert_eq!(
@@ -1029,7 +1003,7 @@ mod tests {
         );
         let after = ms("2026-11-24T08:00:00Z");
         assert_eq!(window_start(Window::Day, tz, after), after);
-        let utc = Reset::Midnight(chrono_tz::UTC);
+        let utc = Reset::Midnight(Zone::new("UTC").unwrap());
         assert_eq!(
             window_start(Window::Month, utc, ms("2026-12-31T23:00:00Z")),
             ms("2026-12-01T00:00:00Z")

@@ -971,6 +971,25 @@ mod tests {
         cat.provider("p").unwrap().clone()
     }
 
+    /// A ledger in a fresh temporary directory (kept alive by the guard).
+    fn fresh() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        (dir, ledger)
+    }
+
+    /// A lease on p/a/k that reserved nothing, to commit outcomes directly.
+    fn unreserved(ledger: &Ledger) -> Lease {
+        Lease {
+            id: -1,
+            ledger: ledger.clone(),
+            provider: "p".into(),
+            model: "a".into(),
+            key_fp: "k".into(),
+            committed: false,
+        }
+    }
+
     fn ms(rfc3339: &str) -> Millis {
         chrono::DateTime::parse_from_rfc3339(rfc3339)
             .unwrap()
@@ -1020,8 +1039,7 @@ mod tests {
 
     #[test]
     fn lease_respects_every_window_and_rolls_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let (_dir, ledger) = fresh();
         let p = provider("rpd = 2", "");
         let a = &p.models[0];
         let t0 = ms("2026-11-24T07:58:00Z");
@@ -1056,8 +1074,7 @@ mod tests {
 
     #[test]
     fn leases_count_until_committed_or_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let (_dir, ledger) = fresh();
         let p = provider("rpm = 1", "");
         let a = &p.models[0];
         let now = now_ms();
@@ -1081,8 +1098,7 @@ mod tests {
 
     #[test]
     fn pools_are_counted_once_across_models() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let (_dir, ledger) = fresh();
         let p = provider(
             "rpm = 100",
             "[providers.p.pools.acct]\nlimits = { rpm = 3 }\n",
@@ -1104,8 +1120,7 @@ mod tests {
 
     #[test]
     fn token_limits_count_the_estimate() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let (_dir, ledger) = fresh();
         let p = provider("tpm = 1000", "");
         let a = &p.models[0];
         let now = now_ms();
@@ -1120,8 +1135,7 @@ mod tests {
 
     #[test]
     fn guessed_bench_ends_on_success_stated_one_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let (_dir, ledger) = fresh();
         let p = provider("rpm = 100", "");
         let a = &p.models[0];
         let now = now_ms();
@@ -1147,14 +1161,7 @@ mod tests {
         ledger.commit(l, record(1), now).unwrap();
         assert!(ledger.lease(&p, a, "k", 1, now).unwrap().is_err());
         // A success on a itself (say, another process got through) ends the guess.
-        let l = Lease {
-            id: -1,
-            ledger: ledger.clone(),
-            provider: "p".into(),
-            model: "a".into(),
-            key_fp: "k".into(),
-            committed: false,
-        };
+        let l = unreserved(&ledger);
         ledger.commit(l, record(1), now).unwrap();
         assert!(ledger.lease(&p, a, "k", 1, now).unwrap().is_ok());
 
@@ -1166,14 +1173,7 @@ mod tests {
             ..record(1)
         };
         ledger.commit(l, rec, now).unwrap();
-        let l = Lease {
-            id: -2,
-            ledger: ledger.clone(),
-            provider: "p".into(),
-            model: "a".into(),
-            key_fp: "k".into(),
-            committed: false,
-        };
+        let l = unreserved(&ledger);
         ledger.commit(l, record(1), now).unwrap();
         assert!(matches!(
             ledger.lease(&p, a, "k", 1, now).unwrap(),
@@ -1187,21 +1187,13 @@ mod tests {
 
     #[test]
     fn strikes_escalate_guessed_benches() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let (_dir, ledger) = fresh();
         let p = provider("", "");
         let a = &p.models[0];
         let now = now_ms();
         let f: BenchFn = Arc::new(|strikes| Some((Duration::from_secs(10 << strikes), false)));
         for _ in 0..3 {
-            let l = Lease {
-                id: -1,
-                ledger: ledger.clone(),
-                provider: "p".into(),
-                model: "a".into(),
-                key_fp: "k".into(),
-                committed: false,
-            };
+            let l = unreserved(&ledger);
             let rec = AttemptRecord {
                 bench: Some((BenchScope::provider("p"), "503".into(), f.clone())),
                 outcome: "503".into(),
@@ -1218,20 +1210,12 @@ mod tests {
 
     #[test]
     fn learned_limits_only_lower() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let (_dir, ledger) = fresh();
         let p = provider("tpm = 5000", "");
         let a = &p.models[0];
         let now = now_ms();
         for learned in [3000, 9000] {
-            let l = Lease {
-                id: -1,
-                ledger: ledger.clone(),
-                provider: "p".into(),
-                model: "a".into(),
-                key_fp: "k".into(),
-                committed: false,
-            };
+            let l = unreserved(&ledger);
             ledger
                 .commit(
                     l,
@@ -1254,8 +1238,7 @@ mod tests {
 
     #[test]
     fn dead_process_leases_are_reaped() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let (_dir, ledger) = fresh();
         let p = provider("rpm = 1", "");
         let now = now_ms();
         // A lease left by a process that no longer exists.

@@ -1,27 +1,8 @@
 //! The commands beside the server, run as a user would.
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 use crate::support::{MockUpstream, Sandbox, provider};
-
-fn run_with_stdin(sb: &Sandbox, args: &[&str], stdin: &str) -> Output {
-    let mut child = sb
-        .cmd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -58,7 +39,7 @@ fn delegate_prints_the_answer_and_provenance_on_stderr() {
     assert_eq!(text(&out.stdout), "answer from alpha: say hi\n");
     assert!(text(&out.stderr).contains("served by alpha/m1"));
     // Exact ids and stdin prompts work too.
-    let out = run_with_stdin(&sb, &["delegate", "-", "--model", "alpha/m1"], "from stdin");
+    let out = sb.run_with_stdin(&["delegate", "-", "--model", "alpha/m1"], "from stdin");
     assert_eq!(text(&out.stdout), "answer from alpha: from stdin\n");
 }
 
@@ -80,7 +61,7 @@ fn delegate_with_no_provider_says_what_to_set() {
 fn scan_reports_and_exits_one() {
     let sb = Sandbox::new();
     let secret = format!("AKIA{}", "QWERTYUIOPASDFGH");
-    let out = run_with_stdin(&sb, &["scan", "-"], &format!("ok line\naws = {secret}\n"));
+    let out = sb.run_with_stdin(&["scan", "-"], &format!("ok line\naws = {secret}\n"));
     assert_eq!(out.status.code(), Some(1));
     let o = text(&out.stdout);
     assert!(
@@ -88,7 +69,7 @@ fn scan_reports_and_exits_one() {
         "{o}"
     );
     assert!(!o.contains("QWERTY"));
-    let out = run_with_stdin(&sb, &["scan", "-"], "just prose about a password policy\n");
+    let out = sb.run_with_stdin(&["scan", "-"], "just prose about a password policy\n");
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -96,7 +77,7 @@ fn scan_reports_and_exits_one() {
 fn statusline_always_prints_a_line_and_exits_zero() {
     let sb = Sandbox::new();
     for input in ["", "garbage", "{\"rate_limits\": null}", "[]"] {
-        let out = run_with_stdin(&sb, &["statusline"], input);
+        let out = sb.run_with_stdin(&["statusline"], input);
         assert!(out.status.success());
         assert!(
             text(&out.stdout).starts_with("pool: unknown"),
@@ -105,8 +86,7 @@ fn statusline_always_prints_a_line_and_exits_zero() {
         );
     }
     let real = r#"{"session_id":"a","model":{"id":"m","display_name":"Opus"},"rate_limits":{"five_hour":{"used_percentage":42,"resets_at":4102444800},"seven_day":{"used_percentage":61.2,"resets_at":4102444800}}}"#;
-    let out = run_with_stdin(
-        &sb,
+    let out = sb.run_with_stdin(
         &["statusline", "--then", "read x; echo previous line"],
         real,
     );

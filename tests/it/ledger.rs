@@ -1,7 +1,7 @@
 //! Several processes on one state dir, and processes that die mid-request.
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{Behavior, MockUpstream, Sandbox, provider, status_json};
 
@@ -99,10 +99,7 @@ fn kill_9_mid_request_leaves_a_consistent_ledger() {
     let sb = Sandbox::new();
     sb.config(&provider("alpha", &mock, "max_concurrency = 1", ""));
     let mut victim = spawn_delegate(&sb, "hang");
-    let t0 = Instant::now();
-    while mock.count() == 0 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::support::wait_until(|| mock.count() > 0);
     assert_eq!(mock.count(), 1);
     unsafe {
         libc::kill(victim.id() as i32, libc::SIGKILL);
@@ -146,10 +143,7 @@ fn kill_9_during_a_fanout_then_the_next_launch_works() {
         "tools/call",
         serde_json::json!({"name": "fanout", "arguments": {"tasks": tasks, "concurrency": 4}}),
     );
-    let t0 = Instant::now();
-    while mock.count() < 4 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::support::wait_until(|| mock.count() >= 4);
     assert_eq!(status_json(&sb)["in_flight"], 4);
     unsafe {
         libc::kill(c.child.id() as i32, libc::SIGKILL);

@@ -301,10 +301,7 @@ fn cancellation_releases_the_lease_and_the_server_goes_on() {
         "tools/call",
         json!({"name": "delegate", "arguments": {"prompt": "hang please"}}),
     );
-    let t0 = std::time::Instant::now();
-    while mock.count() == 0 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::support::wait_until(|| mock.count() > 0);
     assert_eq!(crate::support::status_json(&sb)["in_flight"], 1);
     c.notify(
         "notifications/cancelled",
@@ -325,21 +322,7 @@ fn cancellation_releases_the_lease_and_the_server_goes_on() {
 fn budget_and_decision_log_round_trip() {
     let sb = Sandbox::new();
     let payload = r#"{"session_id":"s","rate_limits":{"five_hour":{"used_percentage":20,"resets_at":4102444800},"seven_day":{"used_percentage":80.5,"resets_at":4102444800}}}"#;
-    let mut child = sb
-        .cmd()
-        .arg("statusline")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(payload.as_bytes())
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    assert!(sb.run_with_stdin(&["statusline"], payload).status.success());
     let mut c = sb.mcp();
     let r = c.initialize();
     assert!(

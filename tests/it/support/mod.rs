@@ -74,6 +74,25 @@ impl Sandbox {
         c
     }
 
+    /// Runs a command with `stdin` as its input and collects its output.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     pub fn mcp(&self) -> McpClient {
         McpClient::spawn(self.cmd())
     }
@@ -258,6 +277,14 @@ fn rand_suffix() -> u64 {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos() as u64
+}
+
+/// Polls `cond` every 20 ms until it holds or 10 s pass.
+pub fn wait_until(cond: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !cond() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads a state-dir ledger count with the status command.

@@ -5,6 +5,25 @@ use std::time::Duration;
 
 use crate::support::{Behavior, MockUpstream, Sandbox, provider, status_json};
 
+/// A mock that enforces `max` requests a minute and answers after `latency`,
+/// with a sandbox whose catalog gives it the same limit.
+fn limited(max: u64, latency: Duration) -> (MockUpstream, Sandbox) {
+    let mock = MockUpstream::start_blocking("alpha");
+    mock.enforce(max, Duration::from_secs(60));
+    mock.default(Behavior::Ok {
+        text: "ok {prompt}".into(),
+        latency,
+    });
+    let sb = Sandbox::new();
+    sb.config(&provider(
+        "alpha",
+        &mock,
+        "",
+        &format!("limits = {{ rpm = {max} }}"),
+    ));
+    (mock, sb)
+}
+
 fn spawn_delegate(sb: &Sandbox, prompt: &str) -> Child {
     sb.cmd()
         .args(["delegate", prompt])
@@ -16,14 +35,7 @@ fn spawn_delegate(sb: &Sandbox, prompt: &str) -> Child {
 
 #[test]
 fn many_processes_never_exceed_a_shared_limit() {
-    let mock = MockUpstream::start_blocking("alpha");
-    mock.enforce(5, Duration::from_secs(60));
-    mock.default(Behavior::Ok {
-        text: "ok {prompt}".into(),
-        latency: Duration::from_millis(100),
-    });
-    let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "", "limits = { rpm = 5 }"));
+    let (mock, sb) = limited(5, Duration::from_millis(100));
     let children: Vec<Child> = (0..12)
         .map(|i| spawn_delegate(&sb, &format!("job {i}")))
         .collect();
@@ -184,14 +196,7 @@ fn kill_9_during_a_fanout_then_the_next_launch_works() {
 
 #[test]
 fn eight_servers_on_one_state_dir_share_the_cap() {
-    let mock = MockUpstream::start_blocking("alpha");
-    mock.enforce(6, Duration::from_secs(60));
-    mock.default(Behavior::Ok {
-        text: "ok".into(),
-        latency: Duration::from_millis(50),
-    });
-    let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "", "limits = { rpm = 6 }"));
+    let (mock, sb) = limited(6, Duration::from_millis(50));
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let cmd = sb.cmd();

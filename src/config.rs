@@ -40,8 +40,6 @@ pub mod env {
     pub const LOG: &str = "FREEPOOL_LOG";
     /// Set by Claude Code for each session it spawns us in.
     pub const SESSION_ID: &str = "CLAUDE_CODE_SESSION_ID";
-    /// Test-only: a fixed "now" (RFC 3339) so windows can be rolled on demand.
-    pub const FAKE_NOW: &str = "FREEPOOL_FAKE_NOW";
 }
 
 /// A configuration problem, located as precisely as the input allows.

@@ -492,20 +492,15 @@ impl Engine {
     }
 
     /// A usage snapshot over the usable providers.
-    pub async fn snapshot(&self, catalog: &Catalog) -> Result<ledger::UsageSnapshot, Error> {
+    pub async fn snapshot(&self, catalog: &Arc<Catalog>) -> Result<ledger::UsageSnapshot, Error> {
         let ledger = self.ledger()?.clone();
-        let providers: Vec<Provider> = Self::usable_providers(catalog)
-            .into_iter()
-            .cloned()
-            .collect();
+        // The blocking task shares the catalog rather than copying providers.
+        let catalog = catalog.clone();
         let now = now_ms();
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<&Provider> = providers.iter().collect();
-            ledger.snapshot(&refs, now)
-        })
-        .await
-        .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
-        .map_err(|e| Error::State(format!("{e:#}")))
+        tokio::task::spawn_blocking(move || ledger.snapshot(&Self::usable_providers(&catalog), now))
+            .await
+            .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
+            .map_err(|e| Error::State(format!("{e:#}")))
     }
 
     /// Scans every outgoing text; returns the findings with the field they were in.
@@ -659,7 +654,7 @@ impl Engine {
             let snap = self.snapshot(&catalog).await?;
             let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
             let plan = router::plan(&catalog, &rreq, &snap, &excluded, rotation);
-            let (leased, lost) = lease_first(&ledger, &plan).await?;
+            let (leased, lost) = lease_first(&ledger, &catalog, &plan).await?;
             let Some((cand, lease)) = leased else {
                 // Nothing free now. Wait if capacity returns soon enough, else explain.
                 let now = now_ms();
@@ -872,6 +867,7 @@ impl Engine {
 /// lost the room to another process since the snapshot come back with why.
 async fn lease_first<'c>(
     ledger: &Ledger,
+    catalog: &Arc<Catalog>,
     plan: &router::Plan<'c>,
 ) -> Result<
     (
@@ -882,17 +878,21 @@ async fn lease_first<'c>(
 > {
     let mut lost = Vec::new();
     for cand in &plan.candidates {
-        let (l, p, m, fp, tokens) = (
+        let (l, cat, fp, tokens) = (
             ledger.clone(),
-            cand.provider.clone(),
-            cand.model.clone(),
+            catalog.clone(),
             cand.key_fp.clone(),
             cand.lease_tokens,
         );
-        let got = tokio::task::spawn_blocking(move || l.lease(&p, &m, &fp, tokens, now_ms()))
-            .await
-            .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
-            .map_err(|e| Error::State(format!("{e:#}")))?;
+        // Indices, not copies: the blocking task finds the candidate in the shared catalog.
+        let (pi, mi) = position(catalog, cand);
+        let got = tokio::task::spawn_blocking(move || {
+            let p = &cat.providers[pi];
+            l.lease(p, &p.models[mi], &fp, tokens, now_ms())
+        })
+        .await
+        .map_err(|e| Error::State(format!("ledger task failed: {e}")))?
+        .map_err(|e| Error::State(format!("{e:#}")))?;
         match got {
             Ok(lease) => return Ok((Some((cand.clone(), lease)), lost)),
             Err(blocked) => lost.push(Rejection {
@@ -903,6 +903,21 @@ async fn lease_first<'c>(
         }
     }
     Ok((None, lost))
+}
+
+/// Where a candidate sits in the catalog: (provider index, model index).
+fn position(catalog: &Catalog, cand: &router::Candidate<'_>) -> (usize, usize) {
+    let pi = catalog
+        .providers
+        .iter()
+        .position(|p| std::ptr::eq(p, cand.provider))
+        .expect("candidates come from this catalog");
+    let mi = catalog.providers[pi]
+        .models
+        .iter()
+        .position(|m| std::ptr::eq(m, cand.model))
+        .expect("candidates come from this catalog");
+    (pi, mi)
 }
 
 /// What a successful attempt puts in the ledger, and the token counts to report

@@ -34,13 +34,9 @@ use crate::config::{Axis, Limit, Model, Provider, Reset, Window, Zone};
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
-/// The current time, or `$FREEPOOL_FAKE_NOW` (RFC 3339) when set, for tests.
+/// The current time. Every function that depends on time takes it as an
+/// argument, so tests set the clock by passing their own `now`.
 pub fn now_ms() -> Millis {
-    if let Ok(fake) = std::env::var(crate::config::env::FAKE_NOW)
-        && let Ok(t) = chrono::DateTime::parse_from_rfc3339(&fake)
-    {
-        return t.timestamp_millis();
-    }
     Utc::now().timestamp_millis()
 }
 

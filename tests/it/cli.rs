@@ -2,7 +2,7 @@
 
 use std::process::Stdio;
 
-use crate::support::{MockUpstream, Sandbox, provider};
+use crate::support::{Sandbox, single_provider};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -31,9 +31,7 @@ fn help_for_every_command() {
 
 #[test]
 fn delegate_prints_the_answer_and_provenance_on_stderr() {
-    let mock = MockUpstream::start_blocking("alpha");
-    let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "", ""));
+    let (_mock, sb) = single_provider("alpha");
     let out = sb.cmd().args(["delegate", "say hi"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "answer from alpha: say hi\n");

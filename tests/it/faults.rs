@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Behavior, MockUpstream, Sandbox, provider};
+use crate::support::{Behavior, MockUpstream, Sandbox, provider, single_provider};
 
 /// Each broken answer fails over to a healthy provider, and the attempt line says what broke.
 #[test]
@@ -55,9 +55,7 @@ fn broken_upstreams_fail_over_with_a_reason() {
 
 #[test]
 fn a_huge_prompt_is_a_clear_capability_refusal() {
-    let mock = MockUpstream::start_blocking("alpha");
-    let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "", ""));
+    let (mock, sb) = single_provider("alpha");
     let mut c = sb.mcp();
     c.initialize();
     let prompt = "lorem ipsum ".repeat(10 * 1024 * 1024 / 12);
@@ -90,9 +88,7 @@ fn a_huge_prompt_is_a_clear_capability_refusal() {
 
 #[test]
 fn a_corrupt_ledger_is_moved_aside_and_work_goes_on() {
-    let mock = MockUpstream::start_blocking("alpha");
-    let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "", ""));
+    let (_mock, sb) = single_provider("alpha");
     std::fs::create_dir_all(sb.state()).unwrap();
     std::fs::write(sb.state().join("ledger.sqlite"), vec![0x42u8; 8192]).unwrap();
     let out = sb.cmd().args(["delegate", "hello"]).output().unwrap();
@@ -116,9 +112,7 @@ fn a_read_only_state_dir_is_a_clear_error() {
     if unsafe { libc::geteuid() } == 0 {
         // root ignores permissions; use a path under a regular file instead.
     }
-    let mock = MockUpstream::start_blocking("alpha");
-    let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "", ""));
+    let (_mock, sb) = single_provider("alpha");
     let blocker = sb.dir.path().join("not-a-dir");
     std::fs::write(&blocker, "file").unwrap();
     let out = sb

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Behavior, MockUpstream, Sandbox, provider, tool_text};
+use crate::support::{Behavior, MockUpstream, Sandbox, provider, single_provider, tool_text};
 
 #[test]
 fn initialize_delivers_the_rubric_within_the_limit() {
@@ -61,9 +61,7 @@ fn tools_list_has_object_schemas_and_annotations() {
 
 #[test]
 fn delegate_answers_with_provenance() {
-    let mock = MockUpstream::start_blocking("alpha");
-    let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "", ""));
+    let (mock, sb) = single_provider("alpha");
     let mut c = sb.mcp();
     c.initialize();
     let (err, text) = c.call(
@@ -152,9 +150,7 @@ fn all_failing_says_each_attempt_and_cause() {
 
 #[test]
 fn a_secret_is_refused_and_nothing_is_sent() {
-    let mock = MockUpstream::start_blocking("alpha");
-    let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "", ""));
+    let (mock, sb) = single_provider("alpha");
     let mut c = sb.mcp();
     c.initialize();
     let secret = format!("ghp_{}", "Zq8Xv2Lm9Ty4Rw7Pk3Hn6Js1Gd5Fb0Ca8Eu2Y");
@@ -183,9 +179,7 @@ fn a_secret_is_refused_and_nothing_is_sent() {
 
 #[test]
 fn unknown_model_names_close_matches() {
-    let mock = MockUpstream::start_blocking("alpha");
-    let sb = Sandbox::new();
-    sb.config(&provider("alpha", &mock, "", ""));
+    let (_mock, sb) = single_provider("alpha");
     let mut c = sb.mcp();
     c.initialize();
     let (err, text) = c.call("delegate", json!({"prompt": "x", "model": "llama-3.3-70"}));

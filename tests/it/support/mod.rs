@@ -107,6 +107,14 @@ pub fn provider(id: &str, mock: &MockUpstream, extra: &str, model_extra: &str) -
     )
 }
 
+/// A mock provider `name` and a sandbox whose catalog has it (model `m1`) and nothing else.
+pub fn single_provider(name: &str) -> (MockUpstream, Sandbox) {
+    let mock = MockUpstream::start_blocking(name);
+    let sb = Sandbox::new();
+    sb.config(&provider(name, &mock, "", ""));
+    (mock, sb)
+}
+
 /// A line-oriented JSON-RPC client over a spawned server's stdio.
 pub struct McpClient {
     pub child: Child,

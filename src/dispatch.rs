@@ -966,11 +966,13 @@ fn failure_record(cand: &router::Candidate<'_>, failure: &Failure) -> (AttemptRe
     };
     // Only a connection that never opened is certain not to count upstream;
     // a request that may have been processed counts its prompt too.
-    let reached = !matches!(failure, Failure::Transport);
+    let reached = !matches!(failure, Failure::Connect);
     let tokens = match failure {
-        Failure::FirstByteTimeout | Failure::Stalled | Failure::BadBody | Failure::Empty => {
-            cand.prompt_tokens
-        }
+        Failure::FirstByteTimeout
+        | Failure::Stalled
+        | Failure::Broken
+        | Failure::BadBody
+        | Failure::Empty => cand.prompt_tokens,
         _ => 0,
     };
     let learned = match failure {

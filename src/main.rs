@@ -22,6 +22,15 @@ fn main() {
         .with_ansi(false)
         .with_env_filter(filter)
         .init();
+    // A panic's message can carry text from a provider's answer (and so a key
+    // it echoed): log where it happened, never what it said.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(at, "internal error (a bug; its message is not logged)");
+    }));
 
     // One thread is enough: the work is waiting on providers and on stdio, SQLite
     // runs on the blocking pool, and a fanout is one task polling its calls.

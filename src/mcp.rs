@@ -593,9 +593,18 @@ impl ServerHandler for Server {
                 let _ = tx.send((d, t, m));
             }) as Progress
         });
-        let work = self.call(&name, args, progress);
+        // A bug must not leave the client waiting for an answer that never comes.
+        let work = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            self.call(&name, args, progress),
+        ));
         let result = tokio::select! {
-            r = work => r.expect("known tool"),
+            r = work => match r {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err(ErrorData::invalid_params(format!("unknown tool `{name}`"), None)),
+                Err(_) => CallToolResult::error(vec![ContentBlock::text(format!(
+                    "internal error in {name} (a bug, logged on stderr); the server goes on. Keep this task on Claude."
+                ))]),
+            },
             _ = context.ct.cancelled() => {
                 // Dropping `work` aborts in-flight HTTP calls and releases their leases.
                 tracing::info!(tool = %name, "cancelled by the client");

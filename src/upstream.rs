@@ -8,7 +8,9 @@
 //!
 //! Invariant: only this module knows reqwest. Keys reach the wire here and
 //! nowhere else; error text kept from a response is cut short and scrubbed of
-//! anything key-shaped before it leaves.
+//! anything key-shaped before it leaves. Everything here reads provider data,
+//! so it may not panic: no unwrap, no indexing, every number clamped.
+#![deny(clippy::panic, clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -72,33 +74,38 @@ struct WireMessage<'a> {
     content: &'a str,
 }
 
+// The answer's fields are values, read leniently by `parse_completion`: a
+// provider that writes a number as a string or content as a list of parts
+// still gave an answer.
 #[derive(Deserialize)]
 struct WireResponse {
     #[serde(default)]
     choices: Vec<WireChoice>,
-    usage: Option<WireUsage>,
-    model: Option<String>,
+    #[serde(default)]
+    usage: Option<serde_json::Value>,
+    #[serde(default)]
+    model: Option<serde_json::Value>,
+    #[serde(default)]
     error: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct WireChoice {
+    #[serde(default)]
     message: Option<WireMessageOut>,
-    finish_reason: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct WireMessageOut {
-    content: Option<String>,
+    #[serde(default)]
+    content: serde_json::Value,
     // Some providers (Ollama, DeepSeek-style models) put the answer's thinking here.
-    reasoning: Option<String>,
-    reasoning_content: Option<String>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-struct WireUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
+    #[serde(default)]
+    reasoning: serde_json::Value,
+    #[serde(default)]
+    reasoning_content: serde_json::Value,
 }
 
 /// Token counts reported by the provider.
@@ -176,8 +183,12 @@ pub enum Failure {
     FirstByteTimeout,
     /// The body stopped arriving, or the attempt ran out of time.
     Stalled,
-    /// Could not connect or the connection broke.
-    Transport,
+    /// The connection never opened (refused, unreachable, connect timeout):
+    /// the request was not sent, so the provider counted nothing.
+    Connect,
+    /// The connection broke after the request was sent (reset, a body cut
+    /// short): the provider may have counted it.
+    Broken,
     /// A 200 whose body is not a completion (HTML, cut-off JSON, an error object).
     BadBody,
     /// A completion with no text, or degenerate text.
@@ -222,7 +233,8 @@ impl Failure {
             Failure::Server(_)
             | Failure::FirstByteTimeout
             | Failure::Stalled
-            | Failure::Transport => Skip::Provider,
+            | Failure::Connect
+            | Failure::Broken => Skip::Provider,
         }
     }
 
@@ -248,7 +260,8 @@ impl Failure {
             Failure::Server(_)
             | Failure::FirstByteTimeout
             | Failure::Stalled
-            | Failure::Transport => Some((
+            | Failure::Connect
+            | Failure::Broken => Some((
                 Duration::from_secs(20u64 << strikes.min(4)),
                 BenchSource::Guessed,
             )),
@@ -275,7 +288,8 @@ impl Failure {
             Failure::Server(s) => format!("{s} server error"),
             Failure::FirstByteTimeout => "timeout waiting for the answer".into(),
             Failure::Stalled => "answer stalled".into(),
-            Failure::Transport => "connection failed".into(),
+            Failure::Connect => "could not connect".into(),
+            Failure::Broken => "connection broke".into(),
             Failure::BadBody => "unreadable answer".into(),
             Failure::Empty => "empty answer".into(),
         }
@@ -336,55 +350,75 @@ pub async fn call(target: &Target<'_>, req: &ChatRequest) -> Result<Completion, 
     for (name, value) in target.headers {
         builder = builder.header(name, value);
     }
-    let fail = |failure: Failure, detail: String, rate: RateHeaders| AttemptError {
+    let fail = |failure: Failure, detail: &str| AttemptError {
         failure,
-        detail,
-        rate,
+        detail: detail.to_owned(),
+        rate: RateHeaders::default(),
     };
 
     let response = match tokio::time::timeout(target.first_byte_timeout, builder.send()).await {
-        Err(_) => {
-            return Err(fail(
-                Failure::FirstByteTimeout,
-                String::new(),
-                RateHeaders::default(),
-            ));
-        }
-        Ok(Err(e)) if e.is_timeout() => {
-            return Err(fail(
-                Failure::FirstByteTimeout,
-                String::new(),
-                RateHeaders::default(),
-            ));
-        }
-        Ok(Err(e)) => {
-            let detail = if e.is_connect() {
-                "could not connect"
+        // The connect phase has its own, shorter budget (the client's
+        // `connect_timeout`), so running out here means the request was sent.
+        Err(_) => return Err(fail(Failure::FirstByteTimeout, "")),
+        // Connect first: reqwest marks a connect timeout as both.
+        Ok(Err(e)) if e.is_connect() => {
+            let detail = if e.is_timeout() {
+                "connect timed out"
             } else {
-                "request failed"
+                "connection refused or unreachable"
             };
-            return Err(fail(
-                Failure::Transport,
-                detail.into(),
-                RateHeaders::default(),
-            ));
+            return Err(fail(Failure::Connect, detail));
         }
+        Ok(Err(e)) if e.is_timeout() => return Err(fail(Failure::FirstByteTimeout, "")),
+        Ok(Err(_)) => return Err(fail(Failure::Broken, "before the answer began")),
         Ok(Ok(r)) => r,
     };
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let rate = rate_headers(&headers);
     let remaining = target.attempt_timeout.saturating_sub(started.elapsed());
     let bytes = match read_body(response, remaining).await {
         Ok(b) => b,
-        Err(f) => return Err(fail(f, String::new(), rate)),
+        Err(f) => {
+            return Err(AttemptError {
+                failure: f,
+                detail: String::new(),
+                rate: rate_headers(&headers),
+            });
+        }
     };
-    let text = String::from_utf8_lossy(&bytes);
+    interpret(status, &headers, &bytes, target.key)
+}
+
+/// What a whole answer means: a completion, or a classified failure with a
+/// short, scrubbed detail. Pure and total: any status, headers and bytes.
+pub fn interpret(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    key: Option<&ApiKey>,
+) -> Result<Completion, AttemptError> {
+    let rate = rate_headers(headers);
+    let text = String::from_utf8_lossy(body);
     if !(200..300).contains(&status) {
-        let failure = classify_status(status, &headers, &text);
-        return Err(fail(failure, excerpt(&text, target.key), rate));
+        return Err(AttemptError {
+            failure: classify_status(status, headers, &text),
+            detail: excerpt(&text, key),
+            rate,
+        });
     }
-    parse_completion(&text, rate.clone()).map_err(|f| fail(f, excerpt(&text, target.key), rate))
+    let mut done = parse_completion(&text, rate.clone()).map_err(|failure| AttemptError {
+        failure,
+        detail: excerpt(&text, key),
+        rate,
+    })?;
+    // A provider that echoes the request's headers into its answer would hand
+    // the key to the caller: the key never leaves this module.
+    if let Some(key) = key.map(ApiKey::expose).filter(|k| !k.is_empty())
+        && done.text.contains(key)
+    {
+        done.text = done.text.replace(key, "[key]");
+    }
+    Ok(done)
 }
 
 async fn read_body(mut response: reqwest::Response, budget: Duration) -> Result<Vec<u8>, Failure> {
@@ -394,10 +428,11 @@ async fn read_body(mut response: reqwest::Response, budget: Duration) -> Result<
         let wait = STALL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         match tokio::time::timeout(wait, response.chunk()).await {
             Err(_) => return Err(Failure::Stalled),
-            Ok(Err(_)) => return Err(Failure::Transport),
+            // The request went out and part of an answer came back: it counts upstream.
+            Ok(Err(_)) => return Err(Failure::Broken),
             Ok(Ok(None)) => return Ok(body),
             Ok(Ok(Some(chunk))) => {
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                if body.len().saturating_add(chunk.len()) > MAX_BODY_BYTES {
                     return Err(Failure::BadBody);
                 }
                 body.extend_from_slice(&chunk);
@@ -407,6 +442,9 @@ async fn read_body(mut response: reqwest::Response, budget: Duration) -> Result<
 }
 
 /// Turns a 2xx body into a completion, or says why it is not one.
+///
+/// Read leniently: fields a provider fills oddly (content as a list of parts,
+/// usage as floats or strings) are taken for what they say, not rejected.
 fn parse_completion(text: &str, rate: RateHeaders) -> Result<Completion, Failure> {
     let wire: WireResponse = serde_json::from_str(text).map_err(|_| Failure::BadBody)?;
     if wire.error.is_some() && wire.choices.is_empty() {
@@ -414,37 +452,81 @@ fn parse_completion(text: &str, rate: RateHeaders) -> Result<Completion, Failure
     }
     let choice = wire.choices.into_iter().next().ok_or(Failure::Empty)?;
     let message = choice.message.ok_or(Failure::Empty)?;
-    let text = message
-        .content
-        .filter(|c| !c.trim().is_empty())
-        .or(message.reasoning.filter(|c| !c.trim().is_empty()))
-        .or(message.reasoning_content.filter(|c| !c.trim().is_empty()))
-        .ok_or(Failure::Empty)?;
+    let text = [
+        &message.content,
+        &message.reasoning,
+        &message.reasoning_content,
+    ]
+    .into_iter()
+    .map(content_text)
+    .find(|c| !c.trim().is_empty())
+    .ok_or(Failure::Empty)?;
     if is_degenerate(&text) {
         return Err(Failure::Empty);
     }
+    let count = |v: Option<&serde_json::Value>| -> u64 {
+        match v {
+            Some(serde_json::Value::Number(n)) => n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite() && *f >= 0.0)
+                        .map(|f| f as u64)
+                })
+                .unwrap_or(0),
+            Some(serde_json::Value::String(s)) => s.trim().parse().unwrap_or(0),
+            _ => 0,
+        }
+    };
+    let usage = wire
+        .usage
+        .as_ref()
+        .filter(|u| u.is_object())
+        .map(|u| Usage {
+            prompt: count(u.get("prompt_tokens")),
+            completion: count(u.get("completion_tokens")),
+        });
     Ok(Completion {
         text,
-        usage: wire.usage.map(|u| Usage {
-            prompt: u.prompt_tokens.unwrap_or(0),
-            completion: u.completion_tokens.unwrap_or(0),
-        }),
-        served_model: wire.model,
-        finish_reason: choice.finish_reason,
+        usage,
+        served_model: wire.model.and_then(|m| m.as_str().map(str::to_owned)),
+        finish_reason: choice
+            .finish_reason
+            .and_then(|f| f.as_str().map(str::to_owned)),
         rate,
     })
+}
+
+/// A message's text: a string, or the text parts of a list of parts.
+fn content_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| {
+                p.as_str()
+                    .or_else(|| p.get("text").and_then(|t| t.as_str()))
+            })
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
 }
 
 /// One short string repeated over and over is a broken generation, not an answer:
 /// the text (its first 4 KB) repeats with some period of at most 64 bytes.
 fn is_degenerate(text: &str) -> bool {
     let b = text.trim().as_bytes();
-    let b = &b[..b.len().min(4096)];
+    let b = b.get(..b.len().min(4096)).unwrap_or(b);
     if b.len() < 400 {
         return false;
     }
     (1..=64).any(|p| {
-        let same = (0..b.len() - p).filter(|&i| b[i] == b[i + p]).count();
+        let same = b
+            .iter()
+            .zip(b.iter().skip(p))
+            .filter(|(x, y)| x == y)
+            .count();
         same * 100 >= (b.len() - p) * 97
     })
 }
@@ -508,6 +590,19 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(str::trim)
 }
 
+/// The longest wait a provider may state: a month and a day. A longer one (or
+/// `inf`, or a number past any clock) is a broken header, not a real wait.
+pub const MAX_STATED_WAIT: Duration = Duration::from_secs(31 * 86_400);
+
+/// Seconds as a duration, for numbers read from a provider: negative and NaN
+/// are no wait at all, and anything longer than `MAX_STATED_WAIT` is cut to it.
+pub fn stated_secs(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs.min(MAX_STATED_WAIT.as_secs_f64())).unwrap_or(MAX_STATED_WAIT)
+}
+
 /// The wait a 429 states: `retry-after` (seconds or HTTP date), else a body hint.
 pub fn retry_after(headers: &HeaderMap, body: &str) -> Option<Duration> {
     header_str(headers, "retry-after")
@@ -523,13 +618,13 @@ pub fn body_retry_hint(body: &str) -> Option<Duration> {
             .expect("static regex")
     });
     let caps = re.captures(body)?;
-    let n: f64 = caps[1].parse().ok()?;
+    let n: f64 = caps.get(1)?.as_str().parse().ok()?;
     let secs = match caps.get(2).map(|m| m.as_str().to_lowercase()).as_deref() {
         Some("ms") => n / 1000.0,
         Some("m" | "min" | "minutes") => n * 60.0,
         _ => n,
     };
-    Some(Duration::from_secs_f64(secs))
+    Some(stated_secs(secs))
 }
 
 /// A limit stated unambiguously, e.g. "tokens per minute (TPM): Limit 30000".
@@ -540,13 +635,15 @@ fn learned_limit(body: &str) -> Option<(&'static str, u64)> {
             .expect("static regex")
     });
     let caps = re.captures(body)?;
-    let key = match caps[3].to_ascii_uppercase().as_str() {
+    let key = match caps.get(3)?.as_str().to_ascii_uppercase().as_str() {
         "TPM" => "tpm",
         "RPM" => "rpm",
         "TPD" => "tpd",
         _ => "rpd",
     };
-    Some((key, caps[4].parse().ok()?))
+    let value: u64 = caps.get(4)?.as_str().parse().ok()?;
+    // A limit of zero would bench the model for good: not a limit we learn.
+    (value > 0).then_some((key, value))
 }
 
 /// Reads `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` (with Cerebras' `-day`/`-minute` variants).
@@ -556,6 +653,7 @@ pub fn rate_headers(headers: &HeaderMap) -> RateHeaders {
         for suffix in ["", "-minute", "-day"] {
             let remaining = header_str(headers, &format!("x-ratelimit-remaining-{what}{suffix}"))
                 .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite())
                 .map(|v| v.max(0.0) as u64);
             let Some(remaining) = remaining else { continue };
             let reset = header_str(headers, &format!("x-ratelimit-reset-{what}{suffix}"))
@@ -578,50 +676,63 @@ pub fn rate_headers(headers: &HeaderMap) -> RateHeaders {
 }
 
 /// Parses a reset value: seconds (`12`, `7.66`), a duration (`2m59.56s`, `120ms`,
-/// `1h2m`), an epoch timestamp in seconds, or an HTTP date.
+/// `1h2m`), an epoch timestamp in seconds, or an HTTP date. Any value is
+/// clamped to `MAX_STATED_WAIT`; what does not parse is `None`.
 pub fn parse_reset(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(n) = v.parse::<f64>() {
-        if n > 1.0e9 {
-            let now = Utc::now().timestamp() as f64;
-            return Some(Duration::from_secs_f64((n - now).max(0.0)));
+        if n.is_nan() {
+            return None;
         }
-        return Some(Duration::from_secs_f64(n.max(0.0)));
+        if n > 1.0e9 && n.is_finite() {
+            let now = Utc::now().timestamp() as f64;
+            return Some(stated_secs(n - now));
+        }
+        return Some(stated_secs(n));
     }
     if let Ok(when) = DateTime::parse_from_rfc2822(v) {
-        let ms = (when.with_timezone(&Utc) - Utc::now())
-            .num_milliseconds()
-            .max(0) as u64;
-        return Some(Duration::from_millis(ms));
+        let ms = (when.with_timezone(&Utc) - Utc::now()).num_milliseconds();
+        return Some(stated_secs(ms as f64 / 1000.0));
     }
     static RE: OnceLock<Regex> = OnceLock::new();
     let re = RE.get_or_init(|| Regex::new(r"(\d+(?:\.\d+)?)(ms|h|m|s)").expect("static regex"));
     let mut total = 0.0;
     let mut consumed = 0;
     for caps in re.captures_iter(v) {
-        let n: f64 = caps[1].parse().ok()?;
-        total += match &caps[2] {
+        let n: f64 = caps.get(1)?.as_str().parse().ok()?;
+        total += match caps.get(2)?.as_str() {
             "ms" => n / 1000.0,
             "h" => n * 3600.0,
             "m" => n * 60.0,
             _ => n,
         };
-        consumed += caps[0].len();
+        consumed += caps.get(0)?.len();
     }
-    (consumed == v.len() && consumed > 0).then(|| Duration::from_secs_f64(total))
+    (consumed == v.len() && consumed > 0).then(|| stated_secs(total))
 }
 
+/// The longest excerpt of provider text that leaves this module, in characters.
+const EXCERPT_CHARS: usize = 160;
+
 /// A short excerpt of an error body, safe to show: HTML reduced to its title,
-/// anything key-shaped (and the key itself) replaced.
+/// anything key-shaped (and the key itself) replaced, cut on a character
+/// boundary of the text itself.
 pub fn excerpt(body: &str, key: Option<&ApiKey>) -> String {
     let trimmed = body.trim();
-    let lower = trimmed.to_lowercase();
-    let mut text = if lower.starts_with("<!doctype") || lower.starts_with("<html") {
-        let title = lower.find("<title>").and_then(|s| {
-            lower[s + 7..]
-                .find("</title>")
-                .map(|e| trimmed[s + 7..s + 7 + e].trim().to_owned())
-        });
+    let is_html = ["<!doctype", "<html"].iter().any(|tag| {
+        trimmed
+            .get(..tag.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(tag))
+    });
+    let mut text = if is_html {
+        static TITLE: OnceLock<Regex> = OnceLock::new();
+        let re = TITLE
+            .get_or_init(|| Regex::new(r"(?is)<title[^>]*>(.*?)</title>").expect("static regex"));
+        // Matched on the text itself, so every position is a boundary of it.
+        let title = re
+            .captures(trimmed)
+            .and_then(|c| c.get(1))
+            .map(|m| m.as_str().trim().to_owned());
         format!(
             "HTML page{}",
             title.map(|t| format!(" \"{t}\"")).unwrap_or_default()
@@ -647,8 +758,8 @@ pub fn excerpt(body: &str, key: Option<&ApiKey>) -> String {
     let re = KEYISH.get_or_init(|| Regex::new(r"[A-Za-z0-9_\-]{24,}").expect("static regex"));
     let text = re.replace_all(&text, "[redacted]");
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > 160 {
-        let cut: String = flat.chars().take(157).collect();
+    if flat.chars().count() > EXCERPT_CHARS {
+        let cut: String = flat.chars().take(EXCERPT_CHARS - 3).collect();
         format!("{cut}...")
     } else {
         flat
@@ -656,6 +767,7 @@ pub fn excerpt(body: &str, key: Option<&ApiKey>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
     use reqwest::header::{HeaderName, HeaderValue};
@@ -901,5 +1013,147 @@ mod tests {
             Failure::PaymentRequired.bench(0).unwrap().0,
             Duration::from_secs(86400)
         );
+    }
+
+    /// Every hostile input the issue reproduced: each one is an answer or a
+    /// classified failure, never a panic.
+    #[test]
+    fn hostile_answers_are_classified_not_panics() {
+        let html = format!(
+            "<html>{}<title>{}</title></html>",
+            "İ".repeat(40),
+            "é".repeat(300)
+        );
+        let e = excerpt(&html, None);
+        assert!(e.starts_with("HTML page \"éé"), "{e}");
+        assert!(e.chars().count() <= EXCERPT_CHARS);
+        let e = excerpt("<HTML><TITLE>ÉÉ Bad Gateway</TITLE>", None);
+        assert_eq!(e, "HTML page \"ÉÉ Bad Gateway\"");
+        for v in [
+            "inf",
+            "-inf",
+            "NaN",
+            "1e30",
+            "-5",
+            "99999999999999999999999s",
+            "1e400",
+        ] {
+            let d = parse_reset(v);
+            assert!(d.is_none_or(|d| d <= MAX_STATED_WAIT), "{v}: {d:?}");
+            let f = classify_status(429, &headers(&[("retry-after", v)]), "");
+            assert!(matches!(f, Failure::RateLimited { .. }), "{v}");
+            // The same values on a 200's reset headers.
+            let h = headers(&[
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", v),
+            ]);
+            let ok = br#"{"choices":[{"message":{"content":"hi"}}]}"#;
+            let done = interpret(200, &h, ok, None).unwrap();
+            assert!(
+                done.rate
+                    .exhausted_for()
+                    .is_none_or(|d| d <= MAX_STATED_WAIT)
+            );
+        }
+        let body = "try again in 99999999999999999999999 minutes";
+        assert_eq!(body_retry_hint(body), Some(MAX_STATED_WAIT));
+        let nan = headers(&[("x-ratelimit-remaining-requests", "NaN")]);
+        assert_eq!(
+            rate_headers(&nan).requests,
+            None,
+            "NaN is no reading, not zero"
+        );
+    }
+
+    #[test]
+    fn answers_read_leniently() {
+        let parts = br#"{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}}],"usage":{"prompt_tokens":"7","completion_tokens":2.0}}"#;
+        let c = interpret(200, &HeaderMap::new(), parts, None).unwrap();
+        assert_eq!(c.text, "ab");
+        assert_eq!(
+            c.usage,
+            Some(Usage {
+                prompt: 7,
+                completion: 2
+            })
+        );
+        let odd = br#"{"choices":[{"message":{"content":"ok"},"finish_reason":7}],"usage":{"prompt_tokens":-3},"model":5}"#;
+        let c = interpret(200, &HeaderMap::new(), odd, None).unwrap();
+        assert_eq!(
+            (c.usage.unwrap().prompt, c.finish_reason, c.served_model),
+            (0, None, None)
+        );
+        let cut = &br#"{"choices":[{"message":{"content":"\xc3"#[..];
+        assert_eq!(
+            interpret(200, &HeaderMap::new(), cut, None)
+                .unwrap_err()
+                .failure,
+            Failure::BadBody
+        );
+    }
+
+    #[test]
+    fn an_echoed_key_never_comes_back() {
+        let key = ApiKey::new("mock-secret-key-value-0001");
+        let page = "<html><head><title>502 Bad Gateway</title></head><body>authorization: Bearer mock-secret-key-value-0001 ÄÖÜ</body></html>";
+        let e = interpret(502, &HeaderMap::new(), page.as_bytes(), Some(&key)).unwrap_err();
+        assert_eq!(e.detail, "HTML page \"502 Bad Gateway\"");
+        let echo = br#"{"choices":[{"message":{"content":"you sent Bearer mock-secret-key-value-0001"}}]}"#;
+        let c = interpret(200, &HeaderMap::new(), echo, Some(&key)).unwrap();
+        assert_eq!(c.text, "you sent Bearer [key]");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Any status, headers and body bytes: `interpret` answers (never
+        /// panics) and no text it returns holds the request's key.
+        #[test]
+        fn interpreting_any_answer_is_total_and_keeps_the_key(
+            status in 0u16..1000,
+            key in "[A-Za-z0-9_.-]{12,40}",
+            header_values in proptest::collection::vec("\\PC{0,30}|inf|-inf|NaN|1e30|[0-9]{18,30}(ms|s|m|h)?|-?[0-9]{1,5}(\\.[0-9]+)?", 6),
+            before in "\\PC{0,200}",
+            after in "\\PC{0,200}",
+            shape in 0usize..5,
+            cut in 0usize..400,
+            extra in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let names = [
+                "retry-after",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+                "x-ratelimit-remaining-tokens-day",
+                "x-ratelimit-reset-tokens-day",
+                "x-ratelimit-reset-tokens",
+            ];
+            let mut h = HeaderMap::new();
+            for (name, value) in names.iter().zip(&header_values) {
+                if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+                    h.insert(*name, v);
+                }
+            }
+            let body = match shape {
+                0 => format!("{before}{key}{after}"),
+                1 => serde_json::json!({"error": {"message": format!("{before} {key} {after}")}}).to_string(),
+                2 => format!("<!DOCTYPE html><html><title>{before}{key}</title><body>authorization: Bearer {key}{after}</body>"),
+                3 => serde_json::json!({"choices": [{"message": {"content": format!("{before}{key}{after}")}}], "usage": {"prompt_tokens": after.len()}}).to_string(),
+                _ => format!("{before} try again in {after} minutes {key}"),
+            };
+            let mut bytes = body.into_bytes();
+            bytes.truncate(bytes.len().saturating_sub(cut % 7));
+            bytes.extend_from_slice(&extra);
+            let api_key = ApiKey::new(&key);
+            let shown = match interpret(status, &h, &bytes, Some(&api_key)) {
+                Ok(c) => c.text,
+                Err(e) => {
+                    if let Failure::RateLimited { retry_after: Some(d), .. } = e.failure {
+                        proptest::prop_assert!(d <= MAX_STATED_WAIT);
+                    }
+                    e.detail
+                }
+            };
+            proptest::prop_assert!(!shown.contains(api_key.expose()), "{}", shown);
+        }
     }
 }

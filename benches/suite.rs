@@ -30,6 +30,10 @@ fn main() {
         minimal_server();
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == "--lease-worker") {
+        lease_worker(&args[i + 1], args[i + 2].parse().unwrap());
+        return;
+    }
     // `cargo test --benches` runs this with `--test`-like flags: do nothing then.
     if !args.iter().any(|a| a == "--bench") {
         return;
@@ -264,7 +268,8 @@ async fn run() {
     let config = write_config(dir.path(), &provider_toml("fast", &fast, ""));
     let mut c = Client::spawn(BIN, &[], &server_env(dir.path(), &config));
     c.initialize().await;
-    let http = freepool_mcp::upstream::client();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
     let url = format!("{}/chat/completions", fast.base_url());
     let body = json!({"model": "m1", "messages": [{"role": "user", "content": "Summarize: a short sentence."}], "stream": false});
     // The first 20 rounds warm connections and caches; they are not counted.
@@ -453,6 +458,34 @@ async fn run() {
         None,
     );
 
+    // 6. Lease latency as the ledger fills: sessions (processes) leasing and
+    //    committing on one ledger that holds a month of history.
+    let leases = lease_table(&me);
+    let at = |history: u64, sessions: usize| {
+        leases
+            .iter()
+            .find(|(h, s, _, _)| *h == history && *s == sessions)
+            .map_or(f64::NAN, |r| r.3)
+    };
+    let p99 = at(50_000, 32);
+    row(
+        "lease p99 at 32 sessions, 50k events in the ledger",
+        format!("{p99:.1} ms"),
+        "< 100 ms",
+        Some(p99 < 100.0),
+    );
+    let growth = at(500_000, 32) / at(0, 32).max(0.01);
+    row(
+        "lease p99 at 32 sessions, 500k events / empty ledger",
+        format!(
+            "{:.1} / {:.1} ms = {growth:.2}x",
+            at(500_000, 32),
+            at(0, 32)
+        ),
+        "history-independent",
+        None,
+    );
+
     println!(
         "\nfreepool-mcp benchmarks ({} cores)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -466,6 +499,81 @@ async fn run() {
         };
         println!("{:<w$}  {:<36} {:<12} {verdict}", r.what, r.value, r.goal);
     }
+    println!(
+        "\nlease latency, p50 / p99 in ms (each session a process running 40 lease+commit rounds)\n"
+    );
+    let sessions = [1, 8, 32, 64];
+    print!("{:<26}", "events in the ledger");
+    for s in sessions {
+        print!(
+            "{:>18}",
+            format!("{s} session{}", if s == 1 { "" } else { "s" })
+        );
+    }
+    println!();
+    for history in [0u64, 50_000, 500_000] {
+        print!("{:<26}", history);
+        for s in sessions {
+            let (p50, p99) = leases
+                .iter()
+                .find(|(h, n, _, _)| *h == history && *n == s)
+                .map_or((f64::NAN, f64::NAN), |r| (r.2, r.3));
+            print!("{:>18}", format!("{p50:.2} / {p99:.1}"));
+        }
+        println!();
+    }
+}
+
+/// One session of the lease benchmark: prints each lease's latency (µs).
+fn lease_worker(dir: &str, calls: usize) {
+    match freepool_mcp::testing::lease_worker(Path::new(dir), calls) {
+        Ok(latencies) => {
+            for l in latencies {
+                println!("{l}");
+            }
+        }
+        Err(e) => {
+            eprintln!("lease worker: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// (events, sessions, p50 ms, p99 ms) for every combination.
+fn lease_table(me: &str) -> Vec<(u64, usize, f64, f64)> {
+    let mut out = Vec::new();
+    for history in [0u64, 50_000, 500_000] {
+        let dir = tempfile::tempdir().unwrap();
+        if history > 0 {
+            freepool_mcp::testing::seed_ledger(dir.path(), history).unwrap();
+        }
+        for sessions in [1usize, 8, 32, 64] {
+            let children: Vec<_> = (0..sessions)
+                .map(|_| {
+                    std::process::Command::new(me)
+                        .args(["--lease-worker", &dir.path().display().to_string(), "40"])
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            let mut all: Vec<f64> = Vec::new();
+            for c in children {
+                let o = c.wait_with_output().unwrap();
+                assert!(o.status.success(), "a lease worker failed");
+                all.extend(
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .filter_map(|l| l.parse::<f64>().ok())
+                        .map(|us| us / 1000.0),
+                );
+            }
+            all.sort_by(|a, b| a.total_cmp(b));
+            let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+            out.push((history, sessions, pct(0.50), pct(0.99)));
+        }
+    }
+    out
 }
 
 /// Code-like text with the words that wake the gate's generic rules, and no secrets.

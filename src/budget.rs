@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// File name of the stored snapshot in the state dir.
-pub const SNAPSHOT_FILE: &str = "budget.json";
+pub(crate) const SNAPSHOT_FILE: &str = "budget.json";
 
 /// A routing mode, from weekly use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Under 60% weekly: use Claude freely.
     Normal,
     /// 60%+: drop the orchestrator's own Opus calls to Sonnet.
@@ -33,7 +33,7 @@ pub enum Mode {
 
 impl Mode {
     /// The name used in config, env and output.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Normal => "normal",
             Mode::PreferSonnet => "prefer_sonnet",
@@ -44,7 +44,7 @@ impl Mode {
     }
 
     /// Parses a mode name (`delegate-more` and `delegate_more` both work).
-    pub fn parse(s: &str) -> Option<Mode> {
+    pub(crate) fn parse(s: &str) -> Option<Mode> {
         match s.trim().to_lowercase().replace('-', "_").as_str() {
             "normal" => Some(Mode::Normal),
             "prefer_sonnet" => Some(Mode::PreferSonnet),
@@ -56,7 +56,7 @@ impl Mode {
     }
 
     /// Difficulty at or above which a task stays on Claude.
-    pub fn threshold(self) -> u8 {
+    pub(crate) fn threshold(self) -> u8 {
         match self {
             Mode::DelegateMore | Mode::Exhausted => 9,
             _ => 7,
@@ -78,33 +78,33 @@ impl Mode {
 
 /// One usage window as Claude Code reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct UsageWindow {
+pub(crate) struct UsageWindow {
     /// 0..100.
-    pub used_percentage: f64,
+    pub(crate) used_percentage: f64,
     /// Unix seconds.
-    pub resets_at: Option<i64>,
+    pub(crate) resets_at: Option<i64>,
 }
 
 /// What the statusline command stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Unix seconds when captured.
-    pub captured_at: i64,
+    pub(crate) captured_at: i64,
     /// The 5-hour window, when Claude Code sent it.
-    pub five_hour: Option<UsageWindow>,
+    pub(crate) five_hour: Option<UsageWindow>,
     /// The 7-day window, when Claude Code sent it.
-    pub seven_day: Option<UsageWindow>,
+    pub(crate) seven_day: Option<UsageWindow>,
     /// The session that painted it.
     #[serde(default)]
-    pub session_id: Option<String>,
+    pub(crate) session_id: Option<String>,
     /// The model in use then.
     #[serde(default)]
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
 }
 
 /// Reads the statusLine JSON Claude Code sends on stdin. Anything may arrive:
 /// garbage or missing fields give a snapshot with no windows, never an error.
-pub fn parse_statusline(input: &str, now: i64) -> Snapshot {
+pub(crate) fn parse_statusline(input: &str, now: i64) -> Snapshot {
     let v: serde_json::Value = serde_json::from_str(input).unwrap_or(serde_json::Value::Null);
     let window = |name: &str| -> Option<UsageWindow> {
         let w = v.get("rate_limits")?.get(name)?;
@@ -136,7 +136,7 @@ pub fn parse_statusline(input: &str, now: i64) -> Snapshot {
 
 /// Stores a snapshot atomically (write a temp file, then rename), so a reader
 /// never sees half a file. A snapshot without windows does not replace one with them.
-pub fn store(dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
+pub(crate) fn store(dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
     if snap.five_hour.is_none() && snap.seven_day.is_none() && load(dir).is_some() {
         return Ok(());
     }
@@ -147,20 +147,20 @@ pub fn store(dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
 }
 
 /// Reads the stored snapshot, if any and readable.
-pub fn load(dir: &Path) -> Option<Snapshot> {
+pub(crate) fn load(dir: &Path) -> Option<Snapshot> {
     let text = fs_err::read_to_string(snapshot_path(dir)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
 /// Where the snapshot lives.
-pub fn snapshot_path(dir: &Path) -> PathBuf {
+pub(crate) fn snapshot_path(dir: &Path) -> PathBuf {
     dir.join(SNAPSHOT_FILE)
 }
 
 /// Where the figures came from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Source {
+pub(crate) enum Source {
     /// Captured by the statusline, this many seconds ago.
     Statusline {
         /// Age in seconds.
@@ -177,28 +177,28 @@ pub enum Source {
 
 /// A window as reported: use (0 after its reset has passed) and when it resets.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct WindowState {
+pub(crate) struct WindowState {
     /// Percent used now.
-    pub used_percentage: f64,
+    pub(crate) used_percentage: f64,
     /// Unix seconds of the reset, when known.
-    pub resets_at: Option<i64>,
+    pub(crate) resets_at: Option<i64>,
 }
 
 /// The budget, assessed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Assessment {
+pub(crate) struct Assessment {
     /// The mode.
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// Tasks scoring this or more stay on Claude.
-    pub threshold: u8,
+    pub(crate) threshold: u8,
     /// Weekly window.
-    pub weekly: Option<WindowState>,
+    pub(crate) weekly: Option<WindowState>,
     /// 5-hour window.
-    pub five_hour: Option<WindowState>,
+    pub(crate) five_hour: Option<WindowState>,
     /// Where the figures came from.
-    pub source: Source,
+    pub(crate) source: Source,
     /// One line of advice.
-    pub advice: String,
+    pub(crate) advice: String,
 }
 
 fn current(w: Option<UsageWindow>, now: i64) -> Option<WindowState> {
@@ -215,7 +215,11 @@ fn current(w: Option<UsageWindow>, now: i64) -> Option<WindowState> {
 }
 
 /// Turns a snapshot and an optional pin into a mode. `pinned` is `(mode, who pinned it)`.
-pub fn assess(snapshot: Option<&Snapshot>, pinned: Option<(Mode, String)>, now: i64) -> Assessment {
+pub(crate) fn assess(
+    snapshot: Option<&Snapshot>,
+    pinned: Option<(Mode, String)>,
+    now: i64,
+) -> Assessment {
     let weekly = snapshot.and_then(|s| current(s.seven_day, now));
     let five_hour = snapshot.and_then(|s| current(s.five_hour, now));
     let (mode, source) = if let Some((mode, by)) = pinned {
@@ -262,9 +266,27 @@ pub fn assess(snapshot: Option<&Snapshot>, pinned: Option<(Mode, String)>, now: 
     }
 }
 
+/// The one budget assessment every face uses: the stored statusline snapshot
+/// in `dir`, or a mode pinned by the environment or the config, at `now`
+/// (Unix seconds). A pin that does not parse is named in the advice.
+pub(crate) fn assess_now(
+    dir: &Path,
+    env_value: Option<&str>,
+    config_value: Option<&str>,
+    now: i64,
+) -> Assessment {
+    let pinned = pinned_mode(env_value, config_value);
+    let snap = load(dir);
+    let mut a = assess(snap.as_ref(), pinned.clone().unwrap_or(None), now);
+    if let Err(problem) = pinned {
+        a.advice = format!("{problem}; ignoring it. {}", a.advice);
+    }
+    a
+}
+
 /// The pinned mode, if any: `$FREEPOOL_BUDGET_MODE` wins over `settings.budget_mode`.
 /// An invalid value is reported, not silently ignored.
-pub fn pinned_mode(
+pub(crate) fn pinned_mode(
     env_value: Option<&str>,
     config_value: Option<&str>,
 ) -> Result<Option<(Mode, String)>, String> {
@@ -285,14 +307,14 @@ pub fn pinned_mode(
 }
 
 /// Unix seconds as ISO 8601 UTC.
-pub fn iso(secs: i64) -> String {
+pub(crate) fn iso(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
         .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|| secs.to_string())
 }
 
 /// A duration in seconds as "in 2h 5m" / "5m ago".
-pub fn relative(secs: i64) -> String {
+pub(crate) fn relative(secs: i64) -> String {
     let a = secs.unsigned_abs();
     let text = if a >= 86_400 {
         format!("{}d {}h", a / 86_400, (a % 86_400) / 3600)

@@ -40,6 +40,12 @@ pub mod env {
     pub const LOG: &str = "FREEPOOL_LOG";
     /// Set by Claude Code for each session it spawns us in.
     pub const SESSION_ID: &str = "CLAUDE_CODE_SESSION_ID";
+
+    /// A variable's value; set but empty (or blank) reads as unset, as a
+    /// shell user means by `VAR=`.
+    pub fn var(name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
 }
 
 /// A configuration problem, located as precisely as the input allows.
@@ -102,6 +108,7 @@ struct ProviderFile {
     headers: Option<BTreeMap<String, String>>,
     vars: Option<BTreeMap<String, String>>,
     local: Option<bool>,
+    counts_max_tokens: Option<bool>,
     enabled: Option<bool>,
     timeout_secs: Option<u64>,
     first_byte_timeout_secs: Option<u64>,
@@ -500,6 +507,9 @@ pub struct Provider {
     pub headers: Vec<(String, String)>,
     /// Allowed to use plain http / loopback.
     pub local: bool,
+    /// Counts a request's whole `max_tokens` against per-minute token limits
+    /// when it arrives (OpenAI-style TPM), so a lease reserves all of it.
+    pub counts_max_tokens: bool,
     /// Per-attempt time budget.
     pub timeout: Duration,
     /// Time allowed until the response headers arrive.
@@ -568,25 +578,35 @@ impl Catalog {
     }
 }
 
-/// Where the user's file is: `$FREEPOOL_CONFIG`, else `<config dir>/freepool/providers.toml`.
-pub fn user_config_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env::CONFIG) {
-        return Some(PathBuf::from(p));
-    }
+/// Where the user's file is by default: `<config dir>/freepool/providers.toml`.
+pub fn default_config_path() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "freepool")
         .map(|d| d.config_dir().join("providers.toml"))
 }
 
-/// Loads the built-in catalog, the user's file on top, and resolves keys from
-/// the environment (commands wait until first use).
-pub fn load() -> Catalog {
-    let user = user_config_path();
-    let lookup = |name: &str| std::env::var(name).ok();
-    load_from(user.as_deref(), &lookup)
+/// The one catalog loader: the built-in catalog, the user's file on top
+/// (`file`, else the default place), keys from the environment (commands
+/// wait until first use). An empty variable counts as unset.
+pub fn load(file: Option<&Path>) -> Catalog {
+    let (user, named) = match file {
+        Some(f) => (Some(f.to_path_buf()), true),
+        None => (default_config_path(), false),
+    };
+    load_located(user.as_deref(), named, &env::var)
 }
 
 /// `load` with the user file path and environment given, for tests.
 pub fn load_from(user: Option<&Path>, env_lookup: &dyn Fn(&str) -> Option<String>) -> Catalog {
+    load_located(user, true, env_lookup)
+}
+
+/// Loads with `user` as the user's file; a missing file is an error only when
+/// the user named it (`named`), not when it is merely the default place.
+fn load_located(
+    user: Option<&Path>,
+    named: bool,
+    env_lookup: &dyn Fn(&str) -> Option<String>,
+) -> Catalog {
     let builtin_origin = PathBuf::from("<built-in catalog>");
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -627,9 +647,7 @@ pub fn load_from(user: Option<&Path>, env_lookup: &dyn Fn(&str) -> Option<String
                     }
                 }
             }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && std::env::var_os(env::CONFIG).is_none() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => {}
             Err(e) => problems.push(ConfigError {
                 origin: path.to_path_buf(),
                 line: None,
@@ -1058,6 +1076,8 @@ fn resolve_provider(
         trains_on_prompts: trains,
         headers: raw.headers.unwrap_or_default().into_iter().collect(),
         local,
+        // Every remote provider here speaks OpenAI's API, whose TPM counts max_tokens.
+        counts_max_tokens: raw.counts_max_tokens.unwrap_or(!local),
         timeout,
         first_byte_timeout,
         max_concurrency: raw.max_concurrency,
@@ -1181,9 +1201,9 @@ fn limits_of(l: LimitsFile, day: Reset, month: Reset) -> Vec<Limit> {
         .collect()
 }
 
-/// Where state lives: `$FREEPOOL_STATE_DIR`, else the platform data dir.
+/// Where state lives: `$FREEPOOL_STATE_DIR` (when not empty), else the platform data dir.
 pub fn state_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os(env::STATE_DIR) {
+    if let Some(p) = env::var(env::STATE_DIR) {
         return PathBuf::from(p);
     }
     directories::ProjectDirs::from("", "", "freepool")

@@ -13,15 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 /// Longest gist kept.
-pub const MAX_GIST: usize = 200;
+pub(crate) const MAX_GIST: usize = 200;
 
 /// Errors of the decision log.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The file cannot be opened or written.
     #[error(
         "the decision log at {path} cannot be written ({reason}); set FREEPOOL_STATE_DIR to a writable directory"
@@ -36,50 +36,53 @@ pub enum Error {
     #[error("no decision with id {0}")]
     NotFound(i64),
     /// SQLite failed.
-    #[error("decision log error")]
+    #[error("the decision log")]
     Sql(#[from] rusqlite::Error),
+    /// The blocking task running a log call ended abnormally.
+    #[error("the decision log task stopped unexpectedly")]
+    Task,
 }
 
 /// One decision to record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Short task description (never the prompt).
-    pub gist: String,
+    pub(crate) gist: String,
     /// `pool` or `claude`.
-    pub route: String,
+    pub(crate) route: String,
     /// Difficulty 1-10.
-    pub score: Option<u8>,
+    pub(crate) score: Option<u8>,
     /// Free-form task type (`summarize`, `codegen`, ...).
-    pub task_type: Option<String>,
+    pub(crate) task_type: Option<String>,
     /// `sensitivity` or `capability` when a veto gate fired.
-    pub gate: Option<String>,
+    pub(crate) gate: Option<String>,
     /// `provider/model` that served it.
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
     /// `accepted`, `redone`, `failed` (or `refused` by the gate).
-    pub outcome: Option<String>,
+    pub(crate) outcome: Option<String>,
     /// Who logged it: `claude` (log_route_decision), `delegate`, `fanout`.
-    pub via: String,
+    pub(crate) via: String,
     /// The budget mode at the time.
-    pub budget_mode: Option<String>,
+    pub(crate) budget_mode: Option<String>,
 }
 
 /// A stored decision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// Id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// Unix milliseconds.
-    pub ts: i64,
+    pub(crate) ts: i64,
     /// Claude Code session id.
-    pub session: Option<String>,
+    pub(crate) session: Option<String>,
     /// The decision.
     #[serde(flatten)]
-    pub decision: Decision,
+    pub(crate) decision: Decision,
 }
 
 /// Handle to the log; cheap to clone.
 #[derive(Clone)]
-pub struct Log {
+pub(crate) struct Log {
     conn: Arc<Mutex<Connection>>,
     session: Option<String>,
 }
@@ -94,7 +97,7 @@ impl std::fmt::Debug for Log {
 
 impl Log {
     /// Opens (or creates) `decisions.sqlite` in `dir`.
-    pub fn open(dir: &Path, session: Option<String>) -> Result<Log, Error> {
+    pub(crate) fn open(dir: &Path, session: Option<String>) -> Result<Log, Error> {
         let path = dir.join("decisions.sqlite");
         let unwritable = |reason: String| Error::Unwritable {
             path: path.clone(),
@@ -136,7 +139,7 @@ impl Log {
     }
 
     /// Records a decision and returns its id.
-    pub fn record(&self, d: &Decision, ts: i64) -> Result<i64, Error> {
+    pub(crate) fn record(&self, d: &Decision, ts: i64) -> Result<i64, Error> {
         let gist: String = d.gist.chars().take(MAX_GIST).collect();
         self.with(|c| {
             c.execute(
@@ -149,7 +152,7 @@ impl Log {
     }
 
     /// Sets the outcome of an earlier decision (Claude read the answer later).
-    pub fn set_outcome(&self, id: i64, outcome: &str) -> Result<(), Error> {
+    pub(crate) fn set_outcome(&self, id: i64, outcome: &str) -> Result<(), Error> {
         let n = self.with(|c| {
             c.execute(
                 "UPDATE decisions SET outcome = ?2 WHERE id = ?1",
@@ -163,16 +166,8 @@ impl Log {
         }
     }
 
-    /// Reads one decision.
-    pub fn get(&self, id: i64) -> Result<Option<Row>, Error> {
-        self.with(|c| {
-            c.query_row(&format!("{SELECT} WHERE id = ?1"), [id], row)
-                .optional()
-        })
-    }
-
     /// All decisions, oldest first.
-    pub fn all(&self) -> Result<Vec<Row>, Error> {
+    pub(crate) fn all(&self) -> Result<Vec<Row>, Error> {
         self.with(|c| {
             let mut stmt = c.prepare(&format!("{SELECT} ORDER BY id"))?;
             let rows = stmt.query_map([], row)?;
@@ -204,21 +199,21 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 
 /// Counts for `freepool-mcp log stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Decisions in all.
-    pub total: usize,
+    pub(crate) total: usize,
     /// By route.
-    pub by_route: Vec<(String, usize)>,
+    pub(crate) by_route: Vec<(String, usize)>,
     /// By score band (1-3, 4-6, 7-8, 9-10, none).
-    pub by_band: Vec<(String, usize)>,
+    pub(crate) by_band: Vec<(String, usize)>,
     /// By gate.
-    pub by_gate: Vec<(String, usize)>,
+    pub(crate) by_gate: Vec<(String, usize)>,
     /// By task type.
-    pub by_task_type: Vec<(String, usize)>,
+    pub(crate) by_task_type: Vec<(String, usize)>,
     /// Per model: (model, accepted, judged) where judged = accepted + redone + failed.
-    pub acceptance: Vec<(String, usize, usize)>,
+    pub(crate) acceptance: Vec<(String, usize, usize)>,
     /// How often the capability gate kept a task on Claude.
-    pub capability_hits: usize,
+    pub(crate) capability_hits: usize,
 }
 
 fn band(score: Option<u8>) -> &'static str {
@@ -242,7 +237,7 @@ fn tally<'a>(items: impl Iterator<Item = &'a str>) -> Vec<(String, usize)> {
 }
 
 /// Computes the stats over rows.
-pub fn stats(rows: &[Row]) -> Stats {
+pub(crate) fn stats(rows: &[Row]) -> Stats {
     let d = |r: &Row| r.decision.clone();
     let mut acc = std::collections::BTreeMap::<String, (usize, usize)>::new();
     for r in rows.iter().filter(|r| r.decision.route == "pool") {
@@ -281,31 +276,31 @@ pub fn stats(rows: &[Row]) -> Stats {
 
 /// One exported example (the labelled dataset).
 #[derive(Debug, Serialize)]
-pub struct Example<'a> {
+pub(crate) struct Example<'a> {
     /// Id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// ISO time.
-    pub time: String,
+    pub(crate) time: String,
     /// The task gist.
-    pub task: &'a str,
+    pub(crate) task: &'a str,
     /// Task type.
-    pub task_type: Option<&'a str>,
+    pub(crate) task_type: Option<&'a str>,
     /// Score.
-    pub score: Option<u8>,
+    pub(crate) score: Option<u8>,
     /// Route.
-    pub route: &'a str,
+    pub(crate) route: &'a str,
     /// Gate.
-    pub gate: Option<&'a str>,
+    pub(crate) gate: Option<&'a str>,
     /// Model.
-    pub model: Option<&'a str>,
+    pub(crate) model: Option<&'a str>,
     /// Outcome.
-    pub outcome: Option<&'a str>,
+    pub(crate) outcome: Option<&'a str>,
     /// Budget mode.
-    pub budget_mode: Option<&'a str>,
+    pub(crate) budget_mode: Option<&'a str>,
 }
 
 /// Rows as dataset examples.
-pub fn examples(rows: &[Row]) -> Vec<Example<'_>> {
+pub(crate) fn examples(rows: &[Row]) -> Vec<Example<'_>> {
     rows.iter()
         .map(|r| Example {
             id: r.id,
@@ -323,7 +318,7 @@ pub fn examples(rows: &[Row]) -> Vec<Example<'_>> {
 }
 
 /// CSV with RFC 4180 quoting.
-pub fn to_csv(rows: &[Row]) -> String {
+pub(crate) fn to_csv(rows: &[Row]) -> String {
     fn q(s: Option<&str>) -> String {
         match s {
             None => String::new(),
@@ -385,7 +380,7 @@ mod tests {
             )
             .unwrap();
         log.set_outcome(id, "accepted").unwrap();
-        let row = log.get(id).unwrap().unwrap();
+        let row = log.all().unwrap().into_iter().find(|r| r.id == id).unwrap();
         assert_eq!(row.decision.gist.len(), MAX_GIST);
         assert_eq!(row.decision.outcome.as_deref(), Some("accepted"));
         assert_eq!(row.session.as_deref(), Some("sess-1"));

@@ -2,27 +2,32 @@
 //!
 //! A tool call flows through the modules in this order (see `docs/architecture.md`):
 //!
-//! - [`mcp`]: the rmcp server: tools, schemas, the routing rubric in `instructions`.
-//! - [`dispatch`]: the one failover loop; the only module that combines policy and IO.
-//! - [`gate`]: the credential scanner; a prompt carrying a secret never leaves.
-//! - [`router`]: candidates, the capability gate and ranking over a usage snapshot (pure).
-//! - [`ledger`]: the SQLite usage ledger shared by every process: leases, events, cooldowns.
-//! - [`upstream`]: the OpenAI-compatible HTTP call and the classification of its failures.
-//! - [`decisions`]: the routing-decision log, the dataset for a future classifier.
+//! - `mcp`: the rmcp server: the tools (one file each), the routing rubric in `instructions`.
+//! - `dispatch`: the engine and the one failover loop over three seams (store, upstream, clock).
+//! - [`gate`]: the credential scanner; a text carrying a secret never leaves.
+//! - `router`: candidates, the capability gate and ranking over a usage snapshot (pure).
+//! - `quota`: the pure core: windows, usage counts, the one quota rule, scopes, failure policy.
+//! - `store`: the ledger seam and its SQLite backend, shared by every process.
+//! - `upstream`: the OpenAI-compatible HTTP call and the classification of its answers.
+//! - `decisions`: the routing-decision log, the dataset for a future classifier.
 //!
-//! Beside them: [`config`] (catalog, user file, keys), [`budget`] (Claude's own
-//! usage windows to a routing mode), [`status`] (rendering what is left) and
-//! [`cli`] (the commands).
+//! Beside them: [`config`] (catalog, user file, keys), `budget` (Claude's own
+//! usage windows to a routing mode), `status` (rendering what is left) and
+//! [`cli`] (the commands). The public surface is what the binary, the
+//! integration tests and the benchmarks need; everything else is crate-private.
 #![warn(missing_docs)]
 
-pub mod budget;
+mod budget;
 pub mod cli;
 pub mod config;
-pub mod decisions;
-pub mod dispatch;
+mod decisions;
+mod dispatch;
 pub mod gate;
-pub mod ledger;
-pub mod mcp;
-pub mod router;
-pub mod status;
-pub mod upstream;
+mod mcp;
+mod quota;
+mod router;
+mod status;
+mod store;
+#[doc(hidden)]
+pub mod testing;
+mod upstream;

@@ -9,15 +9,14 @@
 //! failures, then rotation, so that equal candidates share the load.
 
 use crate::config::{Auth, Catalog, Limit, Model, Provider};
-use crate::ledger::{Blocked, Headroom, Millis, UsageSnapshot};
-use crate::upstream::Skip;
+use crate::quota::{Blocked, Headroom, Millis, Need, Scope, UsageSnapshot};
 
 /// Fingerprint used for anonymous (keyless) calls.
-pub const ANON: &str = "anon";
+pub(crate) const ANON: &str = "anon";
 
 /// What the caller asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
+pub(crate) enum Selector {
     /// The router picks.
     Auto,
     /// Exactly this provider's model.
@@ -34,15 +33,18 @@ pub enum Selector {
 /// A model name that matches nothing, with the closest names that do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown model `{asked}`{}", if suggestions.is_empty() { String::new() } else { format!("; did you mean {}?", suggestions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")) })]
-pub struct UnknownModel {
+pub(crate) struct UnknownModel {
     /// What was asked.
-    pub asked: String,
+    pub(crate) asked: String,
     /// Up to five close matches.
-    pub suggestions: Vec<String>,
+    pub(crate) suggestions: Vec<String>,
 }
 
 /// Parses `auto`, `provider/model`, a family, or a bare model id.
-pub fn parse_selector(catalog: &Catalog, asked: Option<&str>) -> Result<Selector, UnknownModel> {
+pub(crate) fn parse_selector(
+    catalog: &Catalog,
+    asked: Option<&str>,
+) -> Result<Selector, UnknownModel> {
     let Some(asked) = asked
         .map(str::trim)
         .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("auto"))
@@ -109,72 +111,57 @@ fn suggestions(catalog: &Catalog, asked: &str) -> Vec<String> {
 
 /// A request, as far as routing cares.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     /// Which models may serve it.
-    pub selector: Selector,
+    pub(crate) selector: Selector,
     /// Length of prompt and system prompt together, in estimate units
     /// (characters, non-ASCII ones weighted up; see `dispatch`).
-    pub prompt_chars: usize,
+    pub(crate) prompt_chars: usize,
     /// Completion cap asked for.
-    pub max_tokens: Option<u32>,
+    pub(crate) max_tokens: Option<u32>,
     /// Output tokens assumed when `max_tokens` is absent.
-    pub output_reserve: u32,
+    pub(crate) output_reserve: u32,
 }
 
-/// Something this call already ruled out.
+/// Something this call already ruled out, and why (a failure label).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Exclusion {
+pub(crate) struct Excluded {
     /// What it covers.
-    pub skip: Skip,
-    /// Provider id.
-    pub provider: String,
-    /// Model id.
-    pub model: String,
-    /// Key fingerprint.
-    pub key_fp: String,
-    /// Why (a failure label).
-    pub reason: String,
-}
-
-impl Exclusion {
-    fn covers(&self, p: &str, m: &str, k: &str) -> bool {
-        self.provider == p
-            && match self.skip {
-                Skip::Provider => true,
-                Skip::Model => self.model == m,
-                Skip::Key => self.key_fp == k,
-                Skip::ModelForKey => self.model == m && self.key_fp == k,
-            }
-    }
+    pub(crate) scope: Scope,
+    /// Why.
+    pub(crate) reason: String,
 }
 
 /// A candidate that can take the request now.
 #[derive(Debug, Clone)]
-pub struct Candidate<'c> {
+pub(crate) struct Candidate<'c> {
+    /// Where it sits in the catalog: (provider index, model index).
+    pub(crate) at: (usize, usize),
     /// Provider.
-    pub provider: &'c Provider,
+    pub(crate) provider: &'c Provider,
     /// Model.
-    pub model: &'c Model,
+    pub(crate) model: &'c Model,
     /// Index into `provider.keys`, or `None` for an anonymous call.
-    pub key_index: Option<usize>,
+    pub(crate) key_index: Option<usize>,
     /// Key fingerprint (or `anon`).
-    pub key_fp: String,
+    pub(crate) key_fp: String,
     /// Estimated prompt tokens.
-    pub prompt_tokens: u64,
-    /// Tokens to reserve against quota (prompt + capped output).
-    pub lease_tokens: u64,
+    pub(crate) prompt_tokens: u64,
+    /// What to reserve against quota: prompt and capped output, and for the
+    /// minute window what the provider counts when the request arrives.
+    pub(crate) need: Need,
     /// Room left.
-    pub headroom: Headroom,
+    pub(crate) headroom: Headroom,
 }
 
 impl Candidate<'_> {
     /// `provider/model`.
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         format!("{}/{}", self.provider.id, self.model.id)
     }
 
     /// Why it ranks where it does, in the ranking's own terms.
-    pub fn why(&self) -> String {
+    pub(crate) fn why(&self) -> String {
         format!(
             "priority {}, tier {}, {:.0}% headroom left",
             self.provider.priority + self.model.priority,
@@ -186,7 +173,7 @@ impl Candidate<'_> {
 
 /// Why a candidate cannot take the request.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// Needs a key that is not set.
     NoKey(String),
     /// A URL placeholder is not set.
@@ -204,6 +191,9 @@ pub enum Reason {
         need: u64,
         /// The limit (`tpm`).
         max: u64,
+        /// The provider counts `max_tokens` whole when the request arrives,
+        /// and `max_tokens` is what does not fit.
+        max_tokens_counted: bool,
     },
     /// Ruled out earlier in this call.
     Failed(String),
@@ -219,7 +209,15 @@ impl std::fmt::Display for Reason {
             Reason::TooBig { need, context } => {
                 write!(f, "needs ~{need} tokens, context is {context}")
             }
-            Reason::OverTokenLimit { need, max } => {
+            Reason::OverTokenLimit {
+                need,
+                max,
+                max_tokens_counted: true,
+            } => write!(
+                f,
+                "needs ~{need} tokens with max_tokens counted whole (the provider counts it on arrival), per-minute limit is {max}; ask for a smaller max_tokens"
+            ),
+            Reason::OverTokenLimit { need, max, .. } => {
                 write!(f, "needs ~{need} tokens, per-minute limit is {max}")
             }
             Reason::Failed(why) => write!(f, "failed in this call: {why}"),
@@ -238,32 +236,32 @@ impl std::fmt::Display for Reason {
 
 /// A candidate that cannot take the request, and when that may change.
 #[derive(Debug, Clone)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// `provider/model`.
-    pub id: String,
+    pub(crate) id: String,
     /// Why not.
-    pub reason: Reason,
+    pub(crate) reason: Reason,
     /// When it may have room again, if known.
-    pub frees_at: Option<Millis>,
+    pub(crate) frees_at: Option<Millis>,
 }
 
 /// The outcome of routing.
 #[derive(Debug, Clone)]
-pub struct Plan<'c> {
+pub(crate) struct Plan<'c> {
     /// Candidates, best first.
-    pub candidates: Vec<Candidate<'c>>,
+    pub(crate) candidates: Vec<Candidate<'c>>,
     /// The others, with reasons.
-    pub rejected: Vec<Rejection>,
+    pub(crate) rejected: Vec<Rejection>,
 }
 
 impl Plan<'_> {
     /// The soonest time a rejected candidate frees up, if any will.
-    pub fn soonest_free(&self) -> Option<Millis> {
+    pub(crate) fn soonest_free(&self) -> Option<Millis> {
         self.rejected.iter().filter_map(|r| r.frees_at).min()
     }
 
     /// Whether some rejected candidate is only waiting on requests in flight.
-    pub fn has_busy(&self) -> bool {
+    pub(crate) fn has_busy(&self) -> bool {
         self.rejected
             .iter()
             .any(|r| matches!(r.reason, Reason::Blocked(Blocked::Busy { .. })))
@@ -320,19 +318,22 @@ fn tpm_of(limits: &[Limit]) -> Option<u64> {
 }
 
 /// Ranks every candidate for `req`. `rotation` varies between calls to spread load.
-pub fn plan<'c>(
+pub(crate) fn plan<'c>(
     catalog: &'c Catalog,
     req: &Request,
     snap: &UsageSnapshot,
-    excluded: &[Exclusion],
+    excluded: &[Excluded],
     rotation: u64,
 ) -> Plan<'c> {
     let mut candidates = Vec::new();
     let mut rejected = Vec::new();
-    for (p, m) in catalog
-        .models()
-        .filter(|(p, m)| selected(&req.selector, p, m))
-    {
+    let indexed = catalog.providers.iter().enumerate().flat_map(|(pi, p)| {
+        p.models
+            .iter()
+            .enumerate()
+            .map(move |(mi, m)| ((pi, mi), p, m))
+    });
+    for (at, p, m) in indexed.filter(|(_, p, m)| selected(&req.selector, p, m)) {
         let id = format!("{}/{}", p.id, m.id);
         let reject = |reason: Reason, frees_at: Option<Millis>| Rejection {
             id: id.clone(),
@@ -364,7 +365,16 @@ pub fn plan<'c>(
         }
         // Reserve at most `output_reserve` for the answer against quota: reserving
         // a full max_tokens makes small per-minute limits look full for nothing.
-        let lease_tokens = prompt_tokens + output.min(req.output_reserve as u64);
+        // But a provider that counts max_tokens whole when the request arrives
+        // (OpenAI-style TPM) sees all of it in its minute window.
+        let tokens = prompt_tokens + output.min(u64::from(req.output_reserve));
+        let counted = req.max_tokens.filter(|_| p.counts_max_tokens);
+        let max_tokens_counted = counted.is_some();
+        let need = Need {
+            tokens,
+            // What is sent is what the provider counts.
+            minute_tokens: counted.map_or(tokens, |max| prompt_tokens + u64::from(max)),
+        };
         let pool_tpm = p
             .pools
             .iter()
@@ -372,12 +382,13 @@ pub fn plan<'c>(
             .filter_map(|pl| tpm_of(&pl.limits))
             .min();
         if let Some(max) = tpm_of(&m.limits).into_iter().chain(pool_tpm).min()
-            && lease_tokens > max
+            && need.minute_tokens > max
         {
             rejected.push(reject(
                 Reason::OverTokenLimit {
-                    need: lease_tokens,
+                    need: need.minute_tokens,
                     max,
+                    max_tokens_counted: max_tokens_counted && tokens <= max,
                 },
                 None,
             ));
@@ -386,19 +397,23 @@ pub fn plan<'c>(
         let mut last_block = None;
         let mut found = false;
         for (key_index, key_fp) in &slots {
-            if let Some(ex) = excluded.iter().find(|e| e.covers(&p.id, &m.id, key_fp)) {
+            if let Some(ex) = excluded
+                .iter()
+                .find(|e| e.scope.covers(&p.id, &m.id, key_fp))
+            {
                 last_block = Some((Reason::Failed(ex.reason.clone()), None));
                 continue;
             }
-            match snap.check(p, m, key_fp, lease_tokens) {
+            match snap.check(p, m, key_fp, need) {
                 Ok(headroom) => {
                     candidates.push(Candidate {
+                        at,
                         provider: p,
                         model: m,
                         key_index: *key_index,
                         key_fp: key_fp.clone(),
                         prompt_tokens,
-                        lease_tokens,
+                        need,
                         headroom,
                     });
                     found = true;
@@ -453,7 +468,7 @@ fn rank(cands: &mut [Candidate<'_>], _sel: &Selector, snap: &UsageSnapshot, rota
 }
 
 /// The largest prompt (in tokens) auto-routing can take now, and the model behind it.
-pub fn context_ceiling(
+pub(crate) fn context_ceiling(
     catalog: &Catalog,
     snap: &UsageSnapshot,
     output_reserve: u32,
@@ -475,7 +490,7 @@ pub fn context_ceiling(
 }
 
 /// Whether a provider could be used at all (key present or keyless, vars set).
-pub fn is_usable(p: &Provider) -> bool {
+pub(crate) fn is_usable(p: &Provider) -> bool {
     key_slots(p).is_ok()
 }
 
@@ -483,7 +498,7 @@ pub fn is_usable(p: &Provider) -> bool {
 mod tests {
     use super::*;
     use crate::config;
-    use crate::ledger::{BenchScope, Cooldown, Counts};
+    use crate::quota::{Cooldown, Counts};
 
     fn catalog(text: &str) -> Catalog {
         let dir = tempfile::tempdir().unwrap();
@@ -625,12 +640,12 @@ context = 8000
             .fingerprint();
         let counts = Counts {
             requests: [10, 10, 10, 10],
-            oldest: [Some(990_000); 4],
+            leaves_at: [Some(1_050_000); 4],
             ..Default::default()
         };
         snap.usage.insert(("ta".into(), "big".into(), fp_a), counts);
         snap.cooldowns.push(Cooldown {
-            scope: BenchScope::key("tb", &fp_b),
+            scope: Scope::key("tb", &fp_b),
             until: 1_030_000,
             stated: true,
             reason: "429 rate limited".into(),
@@ -656,11 +671,8 @@ context = 8000
     fn exclusions_follow_their_scope() {
         let cat = catalog(TWO);
         let snap = UsageSnapshot::default();
-        let ex = Exclusion {
-            skip: Skip::Provider,
-            provider: "ta".into(),
-            model: "big".into(),
-            key_fp: "x".into(),
+        let ex = Excluded {
+            scope: Scope::provider("ta"),
             reason: "503 server error".into(),
         };
         let plan = plan(&cat, &req(Selector::Auto, 300), &snap, &[ex], 0);

@@ -6,8 +6,8 @@
 use serde::Serialize;
 
 use crate::budget::{self, Assessment};
-use crate::config::{Catalog, Provider, Window};
-use crate::ledger::{Blocked, Millis, UsageSnapshot, next_reset};
+use crate::config::{Axis, Catalog, Limit, Provider, Window};
+use crate::quota::{Blocked, Counts, Headroom, Millis, Need, UsageSnapshot, next_reset, widx};
 use crate::router::{self, ANON};
 
 fn compact(n: u64) -> String {
@@ -49,13 +49,13 @@ fn rate_of(p: &Provider, m: &crate::config::Model) -> Option<String> {
     m.limits
         .iter()
         .chain(pools)
-        .filter(|l| l.axis == crate::config::Axis::Requests && l.window < Window::Day)
+        .filter(|l| l.axis == Axis::Requests && l.window < Window::Day)
         .min_by_key(|l| (l.window, l.max))
         .map(|l| format!("{}/{}", l.max, l.window.label()))
 }
 
 /// The `list_models` text: usable models, compact, one line each.
-pub fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
+pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
     let mut lines = Vec::new();
     let mut providers = 0;
     let mut unusable: Vec<String> = Vec::new();
@@ -73,10 +73,10 @@ pub fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
         }
         let mut any = false;
         for m in &p.models {
-            let mut best: Option<crate::ledger::Headroom> = None;
+            let mut best: Option<Headroom> = None;
             let mut block = None;
             for fp in key_fps(p) {
-                match snap.check(p, m, &fp, 1) {
+                match snap.check(p, m, &fp, Need::flat(1)) {
                     Ok(h) => {
                         best = Some(match best {
                             Some(b) if b.fraction >= h.fraction => b,
@@ -171,17 +171,20 @@ pub fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
 }
 
 /// How many models could take a small request right now.
-pub fn ready_count(catalog: &Catalog, snap: &UsageSnapshot) -> usize {
+pub(crate) fn ready_count(catalog: &Catalog, snap: &UsageSnapshot) -> usize {
     catalog
         .models()
         .filter(|(p, m)| {
-            router::is_usable(p) && key_fps(p).iter().any(|fp| snap.check(p, m, fp, 1).is_ok())
+            router::is_usable(p)
+                && key_fps(p)
+                    .iter()
+                    .any(|fp| snap.check(p, m, fp, Need::flat(1)).is_ok())
         })
         .count()
 }
 
 /// The `claude_budget` text.
-pub fn budget_text(b: &Assessment, now: i64) -> String {
+pub(crate) fn budget_text(b: &Assessment, now: i64) -> String {
     let mut out = format!(
         "mode: {} · delegation threshold {} (tasks scoring {}+ stay on Claude)",
         b.mode.as_str(),
@@ -217,60 +220,60 @@ pub fn budget_text(b: &Assessment, now: i64) -> String {
 
 /// One limit's use, for `status`.
 #[derive(Debug, Serialize)]
-pub struct LimitUse {
+pub(crate) struct LimitUse {
     /// `rpd`, `tpm`, ...
-    pub limit: &'static str,
+    pub(crate) limit: &'static str,
     /// Used in the current window (leases included).
-    pub used: u64,
+    pub(crate) used: u64,
     /// The limit.
-    pub max: u64,
+    pub(crate) max: u64,
     /// Next fixed reset, ISO; `null` for rolling windows.
-    pub resets_at: Option<String>,
+    pub(crate) resets_at: Option<String>,
 }
 
 /// A model's or pool's use.
 #[derive(Debug, Serialize)]
-pub struct ScopeUse {
+pub(crate) struct ScopeUse {
     /// `provider/model` or `provider pool NAME`.
-    pub scope: String,
+    pub(crate) scope: String,
     /// Key fingerprint (or `anon`, or `shared` when keys share quota).
-    pub key: String,
+    pub(crate) key: String,
     /// Each limit.
-    pub limits: Vec<LimitUse>,
+    pub(crate) limits: Vec<LimitUse>,
 }
 
 /// A bench in force, for `status`.
 #[derive(Debug, Serialize)]
-pub struct BenchView {
+pub(crate) struct BenchView {
     /// What it covers.
-    pub scope: String,
+    pub(crate) scope: String,
     /// Why.
-    pub reason: String,
+    pub(crate) reason: String,
     /// Stated by the provider, or our guess.
-    pub source: &'static str,
+    pub(crate) source: &'static str,
     /// Until when, ISO.
-    pub until: String,
+    pub(crate) until: String,
 }
 
 /// Everything `freepool-mcp status` shows.
 #[derive(Debug, Serialize)]
-pub struct StatusReport {
+pub(crate) struct StatusReport {
     /// The ledger file.
-    pub ledger: String,
+    pub(crate) ledger: String,
     /// Keys by provider: (provider, fingerprints, where from).
-    pub keys: Vec<(String, Vec<String>)>,
+    pub(crate) keys: Vec<(String, Vec<String>)>,
     /// Use per scope, only scopes with a limit and some use.
-    pub usage: Vec<ScopeUse>,
+    pub(crate) usage: Vec<ScopeUse>,
     /// Benches in force.
-    pub cooldowns: Vec<BenchView>,
+    pub(crate) cooldowns: Vec<BenchView>,
     /// Requests in flight across all processes.
-    pub in_flight: u64,
+    pub(crate) in_flight: u64,
     /// The soonest fixed reset among used limits, ISO.
-    pub soonest_reset: Option<String>,
+    pub(crate) soonest_reset: Option<String>,
 }
 
 /// Builds the status report from a snapshot.
-pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> StatusReport {
+pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> StatusReport {
     let now = snap.now;
     let mut usage = Vec::new();
     let mut soonest: Option<Millis> = None;
@@ -305,14 +308,13 @@ pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> Sta
             } else {
                 "shared".to_owned()
             };
-            let mut scopes: Vec<(String, &[crate::config::Limit], crate::ledger::Counts)> =
-                Vec::new();
+            let mut scopes: Vec<(String, &[Limit], Counts)> = Vec::new();
             for m in &p.models {
-                let c = sum(snap, p, |model| model == m.id, fp);
+                let c = snap.model_use(p, &m.id, fp);
                 scopes.push((format!("{}/{}", p.id, m.id), &m.limits, c));
             }
             for pool in &p.pools {
-                let c = sum(snap, p, |model| pool.covers(model), fp);
+                let c = snap.scope_use(p, |model| pool.covers(model), fp);
                 scopes.push((format!("{} pool {}", p.id, pool.id), &pool.limits, c));
             }
             for (scope, limits, c) in scopes {
@@ -321,15 +323,10 @@ pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> Sta
                 }
                 let mut lu = Vec::new();
                 for l in limits {
-                    let i = match l.window {
-                        Window::Minute => 0,
-                        Window::Hour => 1,
-                        Window::Day => 2,
-                        Window::Month => 3,
-                    };
+                    let i = widx(l.window);
                     let used = match l.axis {
-                        crate::config::Axis::Requests => c.requests[i],
-                        crate::config::Axis::Tokens => c.tokens[i],
+                        Axis::Requests => c.requests[i],
+                        Axis::Tokens => c.tokens[i],
                     };
                     let reset = next_reset(l.window, l.reset, now);
                     if let Some(r) = reset {
@@ -363,20 +360,7 @@ pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> Sta
         .iter()
         .filter(|c| c.until > now)
         .map(|c| BenchView {
-            scope: format!(
-                "{}{}{}",
-                c.scope.provider,
-                if c.scope.model == "*" {
-                    String::new()
-                } else {
-                    format!("/{}", c.scope.model)
-                },
-                if c.scope.key_fp == "*" {
-                    String::new()
-                } else {
-                    format!(" key {}", c.scope.key_fp)
-                }
-            ),
+            scope: c.scope.to_string(),
             reason: c.reason.clone(),
             source: if c.stated {
                 "stated by provider"
@@ -397,27 +381,8 @@ pub fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> Sta
     }
 }
 
-fn sum(
-    snap: &UsageSnapshot,
-    p: &Provider,
-    pick: impl Fn(&str) -> bool,
-    fp: &str,
-) -> crate::ledger::Counts {
-    let mut total = crate::ledger::Counts::default();
-    for ((prov, model, key), c) in &snap.usage {
-        if prov == &p.id && pick(model) && (!p.keys_stack || key == fp) {
-            for i in 0..4 {
-                total.requests[i] += c.requests[i];
-                total.tokens[i] += c.tokens[i];
-            }
-            total.in_flight += c.in_flight;
-        }
-    }
-    total
-}
-
 /// The status report as a table.
-pub fn report_text(r: &StatusReport) -> String {
+pub(crate) fn report_text(r: &StatusReport) -> String {
     let mut out = format!("ledger: {}\n", r.ledger);
     out.push_str("\nkeys:\n");
     if r.keys.is_empty() {
@@ -467,7 +432,7 @@ pub fn report_text(r: &StatusReport) -> String {
 }
 
 /// `freepool-mcp models`: the whole catalog with key status, no ledger needed.
-pub fn catalog_table(catalog: &Catalog) -> String {
+pub(crate) fn catalog_table(catalog: &Catalog) -> String {
     let mut out = String::new();
     for p in &catalog.providers {
         let status = if !p.missing_vars.is_empty() {

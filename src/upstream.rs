@@ -1,10 +1,10 @@
 //! The HTTP edge: one OpenAI-compatible `/chat/completions` call, and what its failure means.
 //!
-//! `call` sends one request with three time budgets (first byte, stall between
-//! body chunks, whole attempt) and a bounded body size. Every way it can go
-//! wrong becomes a `Failure`, a typed classification that `dispatch` turns
-//! into "skip what for this request" and "bench it for how long" without ever
-//! looking at HTTP again.
+//! `call` sends one request with four time budgets (connect, first byte,
+//! stall between body chunks, whole attempt) and a bounded body size. Every
+//! way it can go wrong becomes a `quota::Failure`, whose policy (what to skip,
+//! how long to bench) lives with the quota core, so nothing past this module
+//! looks at HTTP again.
 //!
 //! Invariant: only this module knows reqwest. Keys reach the wire here and
 //! nowhere else; error text kept from a response is cut short and scrubbed of
@@ -21,6 +21,7 @@ use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ApiKey;
+use crate::quota::Failure;
 
 /// The largest response body read; beyond it the answer is refused.
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -29,32 +30,40 @@ const STALL: Duration = Duration::from_secs(45);
 
 /// A chat completion request, as this program sends it.
 #[derive(Debug, Clone)]
-pub struct ChatRequest {
+pub(crate) struct ChatRequest {
     /// Optional system prompt.
-    pub system: Option<String>,
+    pub(crate) system: Option<String>,
     /// The user prompt.
-    pub prompt: String,
+    pub(crate) prompt: String,
     /// Completion token cap.
-    pub max_tokens: Option<u32>,
+    pub(crate) max_tokens: Option<u32>,
     /// Sampling temperature.
-    pub temperature: Option<f32>,
+    pub(crate) temperature: Option<f32>,
+}
+
+impl ChatRequest {
+    /// The size the token estimate works from (prompt and system prompt).
+    pub(crate) fn weight(&self) -> usize {
+        crate::quota::token_weight(&self.prompt)
+            + self.system.as_deref().map_or(0, crate::quota::token_weight)
+    }
 }
 
 /// Where and how to send it.
 #[derive(Debug, Clone)]
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// Base URL, without `/chat/completions`.
-    pub base_url: &'a str,
+    pub(crate) base_url: &'a str,
     /// Model id as the provider spells it.
-    pub model: &'a str,
+    pub(crate) model: &'a str,
     /// The key, or none for anonymous providers.
-    pub key: Option<&'a ApiKey>,
+    pub(crate) key: Option<&'a ApiKey>,
     /// Extra headers.
-    pub headers: &'a [(String, String)],
+    pub(crate) headers: &'a [(String, String)],
     /// Time allowed until response headers.
-    pub first_byte_timeout: Duration,
+    pub(crate) first_byte_timeout: Duration,
     /// Time allowed for the whole attempt.
-    pub attempt_timeout: Duration,
+    pub(crate) attempt_timeout: Duration,
 }
 
 #[derive(Serialize)]
@@ -110,40 +119,40 @@ struct WireMessageOut {
 
 /// Token counts reported by the provider.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Prompt tokens.
-    pub prompt: u64,
+    pub(crate) prompt: u64,
     /// Completion tokens.
-    pub completion: u64,
+    pub(crate) completion: u64,
 }
 
 /// A successful completion.
 #[derive(Debug, Clone)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// The answer text.
-    pub text: String,
+    pub(crate) text: String,
     /// Usage, when the provider reported it.
-    pub usage: Option<Usage>,
+    pub(crate) usage: Option<Usage>,
     /// The model the provider says it served (may differ from the one asked).
-    pub served_model: Option<String>,
+    pub(crate) served_model: Option<String>,
     /// Why generation stopped (`stop`, `length`, ...).
-    pub finish_reason: Option<String>,
+    pub(crate) finish_reason: Option<String>,
     /// Rate-limit state read from the headers.
-    pub rate: RateHeaders,
+    pub(crate) rate: RateHeaders,
 }
 
 /// What `x-ratelimit-*` headers said.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RateHeaders {
+pub(crate) struct RateHeaders {
     /// Requests left in the provider's window, and when it resets.
-    pub requests: Option<(u64, Option<Duration>)>,
+    pub(crate) requests: Option<(u64, Option<Duration>)>,
     /// Tokens left in the provider's window, and when it resets.
-    pub tokens: Option<(u64, Option<Duration>)>,
+    pub(crate) tokens: Option<(u64, Option<Duration>)>,
 }
 
 impl RateHeaders {
     /// If a window is exhausted (remaining 0) with a stated reset, the wait.
-    pub fn exhausted_for(&self) -> Option<Duration> {
+    pub(crate) fn exhausted_for(&self) -> Option<Duration> {
         [self.requests, self.tokens]
             .into_iter()
             .flatten()
@@ -153,162 +162,19 @@ impl RateHeaders {
     }
 }
 
-/// How an attempt failed. Each variant knows its scope and bench.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Failure {
-    /// 429 or an equivalent: slow down.
-    RateLimited {
-        /// Provider-stated wait (Retry-After, a reset header, a body hint).
-        retry_after: Option<Duration>,
-        /// The message speaks of a daily or free allocation.
-        daily: bool,
-        /// A limit the message states unambiguously: (limit key like "tpm", value).
-        learned: Option<(&'static str, u64)>,
-    },
-    /// 401, or a 400 that says the key is invalid.
-    Unauthorized,
-    /// 402: out of credit.
-    PaymentRequired,
-    /// 403: this key may not use this model (tier, region).
-    Forbidden,
-    /// 404 / 410 / "no endpoints": the model is not served.
-    ModelGone,
-    /// 413 or a context-length message: the prompt is too big for this model.
-    ContextTooLong,
-    /// Another 4xx: the request is not acceptable to this model.
-    Rejected(u16),
-    /// 5xx.
-    Server(u16),
-    /// No response headers in time.
-    FirstByteTimeout,
-    /// The body stopped arriving, or the attempt ran out of time.
-    Stalled,
-    /// The connection never opened (refused, unreachable, connect timeout):
-    /// the request was not sent, so the provider counted nothing.
-    Connect,
-    /// The connection broke after the request was sent (reset, a body cut
-    /// short): the provider may have counted it.
-    Broken,
-    /// A 200 whose body is not a completion (HTML, cut-off JSON, an error object).
-    BadBody,
-    /// A completion with no text, or degenerate text.
-    Empty,
-}
-
-/// What a failure rules out for the rest of the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    /// This key of the provider.
-    Key,
-    /// This model for this key.
-    ModelForKey,
-    /// This model, whatever the key.
-    Model,
-    /// The whole provider.
-    Provider,
-}
-
-/// Where a bench's length came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BenchSource {
-    /// The provider said so (Retry-After, reset header, a stated reset): trusted.
-    Stated,
-    /// Our own back-off: a success may end it early.
-    Guessed,
-}
-
-impl Failure {
-    /// What to leave out for the rest of this call.
-    pub fn skip(&self) -> Skip {
-        match self {
-            Failure::RateLimited { .. } | Failure::Unauthorized | Failure::PaymentRequired => {
-                Skip::Key
-            }
-            Failure::Forbidden => Skip::ModelForKey,
-            Failure::ModelGone
-            | Failure::ContextTooLong
-            | Failure::Rejected(_)
-            | Failure::BadBody
-            | Failure::Empty => Skip::Model,
-            Failure::Server(_)
-            | Failure::FirstByteTimeout
-            | Failure::Stalled
-            | Failure::Connect
-            | Failure::Broken => Skip::Provider,
-        }
-    }
-
-    /// How long to keep it out of later calls too, and on whose word.
-    /// `strikes` counts recent consecutive failures of the same kind.
-    pub fn bench(&self, strikes: u32) -> Option<(Duration, BenchSource)> {
-        let mins = |m: u64| Duration::from_secs(m * 60);
-        match self {
-            Failure::RateLimited {
-                retry_after: Some(d),
-                ..
-            } => Some((*d.max(&Duration::from_secs(1)), BenchSource::Stated)),
-            Failure::RateLimited { daily: true, .. } => Some((mins(60), BenchSource::Guessed)),
-            Failure::RateLimited { .. } => {
-                // 90 s, doubling on repeats, capped at 10 minutes.
-                let secs = 90u64.saturating_mul(1 << strikes.min(3)).min(600);
-                Some((Duration::from_secs(secs), BenchSource::Guessed))
-            }
-            Failure::Unauthorized => Some((mins(10), BenchSource::Guessed)),
-            Failure::PaymentRequired => Some((mins(24 * 60), BenchSource::Guessed)),
-            Failure::Forbidden => Some((mins(24 * 60), BenchSource::Guessed)),
-            Failure::ModelGone => Some((mins(60 * (1 << strikes.min(4))), BenchSource::Guessed)),
-            Failure::Server(_)
-            | Failure::FirstByteTimeout
-            | Failure::Stalled
-            | Failure::Connect
-            | Failure::Broken => Some((
-                Duration::from_secs(20u64 << strikes.min(4)),
-                BenchSource::Guessed,
-            )),
-            Failure::Empty | Failure::BadBody if strikes >= 2 => {
-                Some((mins(5), BenchSource::Guessed))
-            }
-            Failure::ContextTooLong | Failure::Rejected(_) | Failure::Empty | Failure::BadBody => {
-                None
-            }
-        }
-    }
-
-    /// A short label for logs and the ledger.
-    pub fn label(&self) -> String {
-        match self {
-            Failure::RateLimited { daily: true, .. } => "429 daily quota".into(),
-            Failure::RateLimited { .. } => "429 rate limited".into(),
-            Failure::Unauthorized => "401 key rejected".into(),
-            Failure::PaymentRequired => "402 out of credit".into(),
-            Failure::Forbidden => "403 not allowed for this key".into(),
-            Failure::ModelGone => "model not served (404)".into(),
-            Failure::ContextTooLong => "prompt too long for the model".into(),
-            Failure::Rejected(s) => format!("{s} request rejected"),
-            Failure::Server(s) => format!("{s} server error"),
-            Failure::FirstByteTimeout => "timeout waiting for the answer".into(),
-            Failure::Stalled => "answer stalled".into(),
-            Failure::Connect => "could not connect".into(),
-            Failure::Broken => "connection broke".into(),
-            Failure::BadBody => "unreadable answer".into(),
-            Failure::Empty => "empty answer".into(),
-        }
-    }
-}
-
 /// A failed attempt: the class and a short, scrubbed detail.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AttemptError {
+pub(crate) struct AttemptError {
     /// The classification.
-    pub failure: Failure,
+    pub(crate) failure: Failure,
     /// At most ~160 characters of provider text, keys scrubbed.
-    pub detail: String,
+    pub(crate) detail: String,
     /// Rate-limit headers seen on the failed answer.
-    pub rate: RateHeaders,
+    pub(crate) rate: RateHeaders,
 }
 
 /// The process-wide HTTP client (rustls with ring, no OpenSSL).
-pub fn client() -> &'static reqwest::Client {
+pub(crate) fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -322,7 +188,10 @@ pub fn client() -> &'static reqwest::Client {
 }
 
 /// Sends one chat completion and classifies the outcome.
-pub async fn call(target: &Target<'_>, req: &ChatRequest) -> Result<Completion, AttemptError> {
+pub(crate) async fn call(
+    target: &Target<'_>,
+    req: &ChatRequest,
+) -> Result<Completion, AttemptError> {
     let started = Instant::now();
     let mut messages = Vec::with_capacity(2);
     if let Some(system) = &req.system {
@@ -391,7 +260,7 @@ pub async fn call(target: &Target<'_>, req: &ChatRequest) -> Result<Completion, 
 
 /// What a whole answer means: a completion, or a classified failure with a
 /// short, scrubbed detail. Pure and total: any status, headers and bytes.
-pub fn interpret(
+pub(crate) fn interpret(
     status: u16,
     headers: &HeaderMap,
     body: &[u8],
@@ -532,7 +401,7 @@ fn is_degenerate(text: &str) -> bool {
 }
 
 /// Classifies a non-2xx answer.
-pub fn classify_status(status: u16, headers: &HeaderMap, body: &str) -> Failure {
+pub(crate) fn classify_status(status: u16, headers: &HeaderMap, body: &str) -> Failure {
     let lower = body.to_lowercase();
     let context_msg = [
         "context length",
@@ -592,11 +461,11 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// The longest wait a provider may state: a month and a day. A longer one (or
 /// `inf`, or a number past any clock) is a broken header, not a real wait.
-pub const MAX_STATED_WAIT: Duration = Duration::from_secs(31 * 86_400);
+pub(crate) const MAX_STATED_WAIT: Duration = Duration::from_secs(31 * 86_400);
 
 /// Seconds as a duration, for numbers read from a provider: negative and NaN
 /// are no wait at all, and anything longer than `MAX_STATED_WAIT` is cut to it.
-pub fn stated_secs(secs: f64) -> Duration {
+pub(crate) fn stated_secs(secs: f64) -> Duration {
     if secs.is_nan() || secs <= 0.0 {
         return Duration::ZERO;
     }
@@ -604,14 +473,14 @@ pub fn stated_secs(secs: f64) -> Duration {
 }
 
 /// The wait a 429 states: `retry-after` (seconds or HTTP date), else a body hint.
-pub fn retry_after(headers: &HeaderMap, body: &str) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap, body: &str) -> Option<Duration> {
     header_str(headers, "retry-after")
         .and_then(parse_reset)
         .or_else(|| body_retry_hint(body))
 }
 
 /// `"retryDelay": "17s"` or "try again in 7.66s" in an error body.
-pub fn body_retry_hint(body: &str) -> Option<Duration> {
+pub(crate) fn body_retry_hint(body: &str) -> Option<Duration> {
     static RE: OnceLock<Regex> = OnceLock::new();
     let re = RE.get_or_init(|| {
         Regex::new(r#"(?i)(?:"retryDelay"\s*:\s*"|(?:try again|retry) (?:in|after) )(\d+(?:\.\d+)?)\s*(ms|s|sec|seconds|m|min|minutes)?\b"#)
@@ -647,7 +516,7 @@ fn learned_limit(body: &str) -> Option<(&'static str, u64)> {
 }
 
 /// Reads `x-ratelimit-remaining-*` and `x-ratelimit-reset-*` (with Cerebras' `-day`/`-minute` variants).
-pub fn rate_headers(headers: &HeaderMap) -> RateHeaders {
+pub(crate) fn rate_headers(headers: &HeaderMap) -> RateHeaders {
     let pair = |what: &str| -> Option<(u64, Option<Duration>)> {
         let mut best: Option<(u64, Option<Duration>)> = None;
         for suffix in ["", "-minute", "-day"] {
@@ -678,7 +547,7 @@ pub fn rate_headers(headers: &HeaderMap) -> RateHeaders {
 /// Parses a reset value: seconds (`12`, `7.66`), a duration (`2m59.56s`, `120ms`,
 /// `1h2m`), an epoch timestamp in seconds, or an HTTP date. Any value is
 /// clamped to `MAX_STATED_WAIT`; what does not parse is `None`.
-pub fn parse_reset(v: &str) -> Option<Duration> {
+pub(crate) fn parse_reset(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(n) = v.parse::<f64>() {
         if n.is_nan() {
@@ -717,7 +586,7 @@ const EXCERPT_CHARS: usize = 160;
 /// A short excerpt of an error body, safe to show: HTML reduced to its title,
 /// anything key-shaped (and the key itself) replaced, cut on a character
 /// boundary of the text itself.
-pub fn excerpt(body: &str, key: Option<&ApiKey>) -> String {
+pub(crate) fn excerpt(body: &str, key: Option<&ApiKey>) -> String {
     let trimmed = body.trim();
     let is_html = ["<!doctype", "<html"].iter().any(|tag| {
         trimmed
@@ -977,42 +846,6 @@ mod tests {
         assert!(e.len() <= 163);
         let e = excerpt("token sk-proj-abcdefghijklmnopqrstuvwxyz0123 leaked", None);
         assert!(!e.contains("abcdefghijkl"), "{e}");
-    }
-
-    #[test]
-    fn scopes_and_benches() {
-        assert_eq!(Failure::Unauthorized.skip(), Skip::Key);
-        assert_eq!(Failure::Forbidden.skip(), Skip::ModelForKey);
-        assert_eq!(Failure::ContextTooLong.skip(), Skip::Model);
-        assert_eq!(Failure::Server(503).skip(), Skip::Provider);
-        assert_eq!(Failure::ContextTooLong.bench(0), None);
-        let limited = Failure::RateLimited {
-            retry_after: None,
-            daily: false,
-            learned: None,
-        };
-        assert_eq!(
-            limited.bench(0),
-            Some((Duration::from_secs(90), BenchSource::Guessed))
-        );
-        assert_eq!(
-            limited.bench(9).unwrap().0,
-            Duration::from_secs(600),
-            "guesses are capped"
-        );
-        let stated = Failure::RateLimited {
-            retry_after: Some(Duration::from_secs(17)),
-            daily: false,
-            learned: None,
-        };
-        assert_eq!(
-            stated.bench(0),
-            Some((Duration::from_secs(17), BenchSource::Stated))
-        );
-        assert_eq!(
-            Failure::PaymentRequired.bench(0).unwrap().0,
-            Duration::from_secs(86400)
-        );
     }
 
     /// Every hostile input the issue reproduced: each one is an answer or a

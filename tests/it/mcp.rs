@@ -352,7 +352,7 @@ fn budget_and_decision_log_round_trip() {
         json!({"gist": "x", "route": "elsewhere", "score": 2}),
     );
     assert!(
-        err && text.contains("route `elsewhere` must be pool or claude"),
+        err && text.contains("`route` must be one of pool, claude"),
         "{text}"
     );
     let out = sb.cmd().args(["log", "stats", "--json"]).output().unwrap();

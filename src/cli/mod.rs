@@ -1,0 +1,396 @@
+//! The command line: the server (no arguments) and the commands beside it.
+//!
+//! Each command is a thin shell over the library. Data goes to stdout, logs
+//! and errors to stderr. `run` returns the exit code: 0 ok, 1 a user-facing
+//! failure (bad config, a refused or failed delegate, secrets found by
+//! `scan`), 2 something unexpected.
+//!
+//! Invariant: only this module and `main` know clap and anyhow.
+
+mod check;
+mod init;
+mod statusline;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, env};
+use crate::dispatch::{DelegateRequest, Engine, texts};
+use crate::{decisions, gate, mcp, status};
+
+/// freepool-mcp: a pool of free LLM tiers as a worker tier for Claude Code.
+///
+/// With no command, runs the MCP server on stdin/stdout (this is what Claude
+/// Code spawns). Register it with `claude mcp add freellmapi -- freepool-mcp`.
+#[derive(Debug, Parser)]
+#[command(name = "freepool-mcp", version, about, long_about)]
+pub struct Cli {
+    /// The user's catalog file [env: FREEPOOL_CONFIG; default: <config dir>/freepool/providers.toml].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the ledger, decision log and budget snapshot live [env: FREEPOOL_STATE_DIR].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The command (default: serve MCP on stdio).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the MCP server on stdin/stdout (the default).
+    Serve,
+    /// List the catalog: providers, models, limits and whether a key is set.
+    Models,
+    /// Run one prompt on the pool and print the answer (provenance on stderr).
+    Delegate {
+        /// The prompt, or `-` to read it from stdin.
+        prompt: String,
+        /// `auto`, `provider/model`, or a family name.
+        #[arg(long, short)]
+        model: Option<String>,
+        /// A system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// Cap on the answer's tokens.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+    },
+    /// Validate the configuration and keys. Sends nothing unless --probe.
+    Check {
+        /// Also send one tiny request to each usable provider (uses free quota).
+        #[arg(long)]
+        probe: bool,
+    },
+    /// What is left: use per window, cooldowns, keys by fingerprint, next reset.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Clear cooldowns (all, or one provider's) before showing status.
+        #[arg(long, value_name = "PROVIDER", num_args = 0..=1, default_missing_value = "*")]
+        clear_cooldowns: Option<String>,
+    },
+    /// Scan a file (or `-` for stdin) for secrets; exits 1 when any is found.
+    Scan {
+        /// The file, or `-`.
+        file: String,
+    },
+    /// Claude Code's statusLine command: stores the usage windows, prints a short line.
+    Statusline {
+        /// A previous statusLine command to run first with the same stdin.
+        #[arg(long, value_name = "COMMAND")]
+        then: Option<String>,
+    },
+    /// One-stop setup: config template, statusLine, registration, CLAUDE.md pointer.
+    Init {
+        /// Show what would change and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Register in ./.mcp.json and point ./CLAUDE.md, instead of user scope.
+        #[arg(long)]
+        project: bool,
+    },
+    /// The routing-decision log.
+    Log {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: LogAction,
+    },
+}
+
+/// `log` actions.
+#[derive(Debug, Subcommand)]
+pub enum LogAction {
+    /// Decisions by route, score band, gate and task type; pool acceptance per model.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The labelled dataset (task, score, route, outcome).
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+    },
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header.
+    Csv,
+}
+
+/// Name the server registers under in Claude Code.
+pub(crate) const SERVER_NAME: &str = "freellmapi";
+
+fn out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
+}
+
+/// The user's config file: `--config`, else `$FREEPOOL_CONFIG`, else the default place.
+fn config_file(cli: &Cli) -> Option<PathBuf> {
+    cli.config
+        .clone()
+        .or_else(|| env::var(env::CONFIG).map(PathBuf::from))
+}
+
+fn load(cli: &Cli) -> (config::Catalog, PathBuf) {
+    let catalog = config::load(config_file(cli).as_deref());
+    for w in &catalog.warnings {
+        tracing::warn!("{w}");
+    }
+    (catalog, state_of(cli))
+}
+
+/// The state dir: `--state-dir`, else `$FREEPOOL_STATE_DIR`, else the platform's data dir.
+fn state_of(cli: &Cli) -> PathBuf {
+    cli.state_dir.clone().unwrap_or_else(config::state_dir)
+}
+
+/// The catalog being loaded ahead of time on its own thread.
+pub type Preload = std::thread::JoinHandle<config::Catalog>;
+
+/// For the server, starts loading the catalog at once on another thread, so
+/// that it overlaps with setting up logging, the runtime and the MCP transport:
+/// `initialize` is answered sooner. Other commands load when they need to.
+pub fn preload(cli: &Cli) -> Option<Preload> {
+    if !matches!(cli.command, None | Some(Command::Serve)) {
+        return None;
+    }
+    let file = config_file(cli);
+    std::thread::Builder::new()
+        .name("catalog".into())
+        .spawn(move || config::load(file.as_deref()))
+        .ok()
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
+    match &cli.command {
+        None | Some(Command::Serve) => {
+            // The catalog may still be loading: the engine waits for it at first use.
+            let engine = match preloaded {
+                Some(handle) => Engine::loading(handle, state_of(&cli)),
+                None => Engine::new(config::load(config_file(&cli).as_deref()), state_of(&cli)),
+            };
+            mcp::serve(Arc::new(engine)).await?;
+            Ok(0)
+        }
+        Some(Command::Models) => {
+            let (catalog, _) = load(&cli);
+            out(&status::catalog_table(&catalog))?;
+            report_problems(&catalog);
+            Ok(if catalog.problems.is_empty() { 0 } else { 1 })
+        }
+        Some(Command::Delegate {
+            prompt,
+            model,
+            system,
+            max_tokens,
+        }) => {
+            let prompt = if prompt == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading the prompt from stdin")?;
+                s
+            } else {
+                prompt.clone()
+            };
+            let (catalog, state) = load(&cli);
+            report_problems(&catalog);
+            let engine = Engine::new(catalog, state);
+            let req = DelegateRequest {
+                prompt,
+                system: system.clone(),
+                model: model.clone(),
+                max_tokens: *max_tokens,
+                temperature: None,
+                log: None,
+            };
+            // A person at a terminal sees the attempts as they happen.
+            let tty = std::io::stderr().is_terminal();
+            let note = move |msg: String| {
+                if tty {
+                    eprintln!("freepool: {msg}");
+                }
+            };
+            match engine.delegate(req, &note).await {
+                Ok(s) => {
+                    out(s.text.trim_end())?;
+                    out("\n")?;
+                    eprintln!("{}", texts::provenance(&s));
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("error: {}", texts::full(&e));
+                    Ok(1)
+                }
+            }
+        }
+        Some(Command::Check { probe }) => check::run(&cli, *probe).await,
+        Some(Command::Status {
+            json,
+            clear_cooldowns,
+        }) => {
+            let (catalog, state) = load(&cli);
+            let engine = Engine::new(catalog, state);
+            let store = engine
+                .store()
+                .await
+                .map_err(|e| anyhow::anyhow!(texts::full(&e)))?;
+            if let Some(which) = clear_cooldowns {
+                let n = store
+                    .clear_cooldowns((which != "*").then(|| which.clone()))
+                    .await
+                    .map_err(|e| anyhow::anyhow!(texts::full(&e)))?;
+                eprintln!("cleared {n} cooldown(s)");
+            }
+            let catalog = engine.resolved_catalog().await;
+            let snap = engine
+                .snapshot(&catalog)
+                .await
+                .map_err(|e| anyhow::anyhow!(texts::full(&e)))?;
+            let report = status::report(&catalog, &snap, &store.location());
+            if *json {
+                out(&serde_json::to_string_pretty(&report)?)?;
+                out("\n")?;
+            } else {
+                out(&status::report_text(&report))?;
+            }
+            Ok(0)
+        }
+        Some(Command::Scan { file }) => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading stdin")?;
+                s
+            } else {
+                let bytes = fs_err::read(file)?;
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
+            let findings = gate::scan(&text);
+            let name = if file == "-" {
+                "<stdin>"
+            } else {
+                file.as_str()
+            };
+            let mut report = String::new();
+            for f in &findings {
+                report.push_str(&format!(
+                    "{name}:{}:{}: {} [{}] {}\n",
+                    f.line, f.column, f.kind, f.rule, f.masked
+                ));
+            }
+            out(&report)?;
+            if findings.is_empty() {
+                eprintln!("{name}: no secrets found ({} rules)", gate::rule_count());
+                Ok(0)
+            } else {
+                eprintln!("{name}: {} secret(s) found", findings.len());
+                Ok(1)
+            }
+        }
+        Some(Command::Statusline { then }) => {
+            statusline::run(&cli, then.as_deref()).await;
+            Ok(0)
+        }
+        Some(Command::Init { dry_run, project }) => init::run(&cli, *dry_run, *project),
+        Some(Command::Log { action }) => log(&cli, action).await,
+    }
+}
+
+async fn log(cli: &Cli, action: &LogAction) -> anyhow::Result<i32> {
+    let (catalog, state) = load(cli);
+    let engine = Engine::new(catalog, state);
+    let rows = engine
+        .with_log(|l| l.all())
+        .await
+        .map_err(|e| anyhow::anyhow!(texts::full(&e)))?;
+    match action {
+        LogAction::Stats { json } => {
+            let s = decisions::stats(&rows);
+            if *json {
+                out(&serde_json::to_string_pretty(&s)?)?;
+                out("\n")?;
+            } else {
+                out(&stats_text(&s))?;
+            }
+        }
+        LogAction::Export { format } => match format {
+            Format::Csv => out(&decisions::to_csv(&rows))?,
+            Format::Jsonl => {
+                let mut s = String::new();
+                for e in decisions::examples(&rows) {
+                    s.push_str(&serde_json::to_string(&e)?);
+                    s.push('\n');
+                }
+                out(&s)?;
+            }
+        },
+    }
+    Ok(0)
+}
+
+fn report_problems(catalog: &config::Catalog) {
+    for p in &catalog.problems {
+        eprintln!("error: {p}");
+    }
+}
+
+fn stats_text(s: &decisions::Stats) -> String {
+    let mut out = format!("{} decisions\n", s.total);
+    let section = |title: &str, rows: &[(String, usize)]| {
+        let mut t = format!("\n{title}:\n");
+        for (k, n) in rows {
+            t.push_str(&format!("  {k:<24} {n}\n"));
+        }
+        t
+    };
+    out.push_str(&section("by route", &s.by_route));
+    out.push_str(&section("by score band", &s.by_band));
+    out.push_str(&section("by gate", &s.by_gate));
+    out.push_str(&section("by task type", &s.by_task_type));
+    out.push_str("\npool acceptance per model (accepted / judged):\n");
+    if s.acceptance.is_empty() {
+        out.push_str("  no outcomes reported yet\n");
+    }
+    for (m, a, j) in &s.acceptance {
+        out.push_str(&format!(
+            "  {m:<52} {a}/{j} ({:.0}%)\n",
+            100.0 * *a as f64 / (*j).max(1) as f64
+        ));
+    }
+    out.push_str(&format!("\ncapability-gate hits: {}\n", s.capability_hits));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

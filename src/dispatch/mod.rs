@@ -1,0 +1,533 @@
+//! One request through the pool: the only place where policy and IO meet.
+//!
+//! The [`Engine`] owns what a session shares: the loaded catalog, the ledger
+//! (a [`Store`]), the decision log, and the two other seams of the failover
+//! loop (an [`Upstream`] and a [`Clock`]). A call goes:
+//!
+//! 1. `gate` scans every text that would leave; a secret ends the call here;
+//! 2. `router` reads the model selector;
+//! 3. [`failover::run`]: snapshot, rank, lease, send, commit, until served or out of budget;
+//! 4. `decisions` records the routing decision when the caller gave a gist or score.
+//!
+//! Nothing here blocks the runtime thread: the ledger and the decision log
+//! are SQLite and run on the blocking pool, and both are opened on first use
+//! (a failed open is tried again on the next call, never cached).
+
+pub(crate) mod failover;
+mod fanout;
+mod seams;
+pub(crate) mod texts;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+
+pub(crate) use fanout::{Task, TaskResult, TaskStatus};
+#[cfg(test)]
+pub(crate) use seams::ManualClock;
+pub(crate) use seams::{Clock, Http, SystemClock, Upstream, now_ms};
+
+use crate::budget::{self, Assessment};
+use crate::config::{Catalog, KeySource, Settings};
+use crate::decisions::{self, Decision};
+use crate::gate::{self, Finding};
+use crate::quota::{Millis, UsageSnapshot};
+use crate::router::{self, Rejection, UnknownModel};
+use crate::store::{self, SharedStore, sqlite::SqliteStore};
+use crate::upstream::ChatRequest;
+
+/// A delegate call, as a face hands it over.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DelegateRequest {
+    /// The prompt.
+    pub(crate) prompt: String,
+    /// Optional system prompt.
+    pub(crate) system: Option<String>,
+    /// `auto`, `provider/model` or a family.
+    pub(crate) model: Option<String>,
+    /// Completion cap.
+    pub(crate) max_tokens: Option<u32>,
+    /// Temperature.
+    pub(crate) temperature: Option<f32>,
+    /// Optional decision-log fields.
+    pub(crate) log: Option<LogFields>,
+}
+
+/// What the caller tells us to log about the task (never the prompt).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogFields {
+    /// Short description.
+    pub(crate) gist: Option<String>,
+    /// Difficulty 1-10.
+    pub(crate) score: Option<u8>,
+    /// Task type.
+    pub(crate) task_type: Option<String>,
+}
+
+/// One attempt of a call.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Attempt {
+    /// `provider/model`.
+    pub(crate) model: String,
+    /// `ok` or the failure, with a short scrubbed detail.
+    pub(crate) outcome: String,
+    /// Milliseconds it took.
+    pub(crate) ms: u64,
+}
+
+/// A served completion, with provenance.
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    /// The answer (cut at `failover::MAX_ANSWER_CHARS`).
+    pub(crate) text: String,
+    /// `provider/model` that served it.
+    pub(crate) model: String,
+    /// The model name the provider reported, when it differs.
+    pub(crate) reported_model: Option<String>,
+    /// Prompt tokens (reported, or estimated when `estimated`).
+    pub(crate) prompt_tokens: u64,
+    /// Completion tokens.
+    pub(crate) completion_tokens: u64,
+    /// Whether the counts are our estimate.
+    pub(crate) estimated: bool,
+    /// Whole-call latency.
+    pub(crate) latency_ms: u64,
+    /// Every attempt, the last one being the success.
+    pub(crate) attempts: Vec<Attempt>,
+    /// The answer stopped at the token cap.
+    pub(crate) truncated: bool,
+    /// Whether the provider's free tier may train on prompts (`None`: not stated).
+    pub(crate) trains_on_prompts: Option<bool>,
+    /// The decision logged for this call, if any.
+    pub(crate) decision_id: Option<i64>,
+}
+
+/// Why a call did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The credential gate found secrets.
+    #[error("{}", texts::refusal(findings))]
+    Refused {
+        /// What was found (never the values), and in which field.
+        findings: Vec<(String, Finding)>,
+    },
+    /// The model name matches nothing.
+    #[error(transparent)]
+    UnknownModel(#[from] UnknownModel),
+    /// Bad arguments.
+    #[error("{0}")]
+    Invalid(String),
+    /// Nothing can serve now; says why per candidate and when capacity returns.
+    #[error("{}", texts::no_capacity(rejected, attempts, *soonest, *now))]
+    NoCandidate {
+        /// Candidates and why not.
+        rejected: Vec<Rejection>,
+        /// Attempts made before giving up.
+        attempts: Vec<Attempt>,
+        /// When the first candidate frees up.
+        soonest: Option<Millis>,
+        /// When this was decided.
+        now: Millis,
+    },
+    /// The attempt or time budget ran out.
+    #[error("{}", texts::exhausted(attempts, *timed_out))]
+    Exhausted {
+        /// The attempts.
+        attempts: Vec<Attempt>,
+        /// True when the time budget ended it.
+        timed_out: bool,
+    },
+    /// The ledger cannot be used.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The decision log cannot be used.
+    #[error(transparent)]
+    Log(#[from] decisions::Error),
+}
+
+impl Error {
+    /// The attempts made before the call failed (none for a refusal).
+    pub(crate) fn attempts(&self) -> &[Attempt] {
+        match self {
+            Error::NoCandidate { attempts, .. } | Error::Exhausted { attempts, .. } => attempts,
+            _ => &[],
+        }
+    }
+}
+
+/// Produces the catalog the first time it is needed.
+type CatalogLoader = Box<dyn FnOnce() -> Catalog + Send>;
+/// Opens the ledger (blocking; runs on the blocking pool).
+type StoreOpener = Arc<dyn Fn(&Path, Millis) -> Result<SharedStore, store::Error> + Send + Sync>;
+
+/// The engine: catalog, ledger, decision log, seams, and the failover loop.
+pub(crate) struct Engine {
+    catalog: OnceLock<Arc<Catalog>>,
+    // Taken once, by the first `catalog()` call.
+    loader: std::sync::Mutex<Option<CatalogLoader>>,
+    resolved: tokio::sync::OnceCell<Arc<Catalog>>,
+    state_dir: PathBuf,
+    store: tokio::sync::Mutex<Option<SharedStore>>,
+    opener: StoreOpener,
+    log: tokio::sync::Mutex<Option<decisions::Log>>,
+    upstream: Arc<dyn Upstream>,
+    clock: Arc<dyn Clock>,
+    rotation: AtomicU64,
+    session: Option<String>,
+    budget_env: Option<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("state_dir", &self.state_dir)
+            .finish()
+    }
+}
+
+/// The catalog the engine uses when loading it failed outright (a bug).
+fn failed_catalog() -> Catalog {
+    Catalog {
+        settings: Settings::default(),
+        providers: Vec::new(),
+        user_file: None,
+        problems: vec![crate::config::ConfigError {
+            origin: "<catalog>".into(),
+            line: None,
+            message: "loading the catalog failed unexpectedly; no provider is enabled".into(),
+        }],
+        warnings: Vec::new(),
+    }
+}
+
+impl Engine {
+    /// An engine over a loaded catalog and a state dir. Nothing is opened yet.
+    pub(crate) fn new(catalog: Catalog, state_dir: PathBuf) -> Engine {
+        Engine::with_loader(Box::new(move || catalog), state_dir)
+    }
+
+    /// An engine whose catalog is still loading on another thread: the first
+    /// use waits for it. The server starts this way so that the catalog loads
+    /// while the MCP transport starts.
+    pub(crate) fn loading(handle: std::thread::JoinHandle<Catalog>, state_dir: PathBuf) -> Engine {
+        Engine::with_loader(
+            Box::new(move || handle.join().unwrap_or_else(|_| failed_catalog())),
+            state_dir,
+        )
+    }
+
+    fn with_loader(loader: CatalogLoader, state_dir: PathBuf) -> Engine {
+        Engine {
+            catalog: OnceLock::new(),
+            loader: std::sync::Mutex::new(Some(loader)),
+            resolved: tokio::sync::OnceCell::new(),
+            state_dir,
+            store: tokio::sync::Mutex::new(None),
+            opener: Arc::new(|dir, now| Ok(Arc::new(SqliteStore::open(dir, now)?) as SharedStore)),
+            log: tokio::sync::Mutex::new(None),
+            upstream: Arc::new(Http),
+            clock: Arc::new(SystemClock),
+            // Processes start at different points of the rotation, so equal
+            // candidates share the load across sessions too.
+            rotation: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()))
+                    ^ u64::from(std::process::id()),
+            ),
+            session: crate::config::env::var(crate::config::env::SESSION_ID),
+            budget_env: crate::config::env::var(crate::config::env::BUDGET_MODE),
+        }
+    }
+
+    /// Replaces the seams (tests run the whole engine in-process this way).
+    #[cfg(test)]
+    pub(crate) fn with_seams(
+        mut self,
+        store: SharedStore,
+        upstream: Arc<dyn Upstream>,
+        clock: Arc<dyn Clock>,
+    ) -> Engine {
+        self.opener = Arc::new(move |_, _| Ok(store.clone()));
+        self.upstream = upstream;
+        self.clock = clock;
+        self
+    }
+
+    /// The catalog as loaded (command keys possibly unresolved).
+    pub(crate) fn catalog(&self) -> &Catalog {
+        self.catalog_arc()
+    }
+
+    fn catalog_arc(&self) -> &Arc<Catalog> {
+        self.catalog.get_or_init(|| {
+            let loader = self.loader.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let catalog = loader.map_or_else(failed_catalog, |f| f());
+            for w in &catalog.warnings {
+                tracing::warn!("{w}");
+            }
+            for p in &catalog.problems {
+                tracing::error!("config problem: {p}");
+            }
+            Arc::new(catalog)
+        })
+    }
+
+    /// The clock's now.
+    pub(crate) fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// The catalog with key commands run (once per launch, off the async threads).
+    pub(crate) async fn resolved_catalog(&self) -> Arc<Catalog> {
+        self.resolved
+            .get_or_init(|| async {
+                let base = self.catalog_arc().clone();
+                if !base.providers.iter().any(|p| {
+                    p.keys
+                        .iter()
+                        .any(|k| matches!(k.source, KeySource::Command(_)))
+                }) {
+                    return base;
+                }
+                let fallback = base.clone();
+                let resolved = tokio::task::spawn_blocking(move || {
+                    let mut cat = (*base).clone();
+                    for p in &mut cat.providers {
+                        for k in &mut p.keys {
+                            k.resolve();
+                            if let Some(problem) = &k.problem {
+                                tracing::warn!(provider = %p.id, "{problem}");
+                            }
+                        }
+                    }
+                    Arc::new(cat)
+                })
+                .await;
+                resolved.unwrap_or(fallback)
+            })
+            .await
+            .clone()
+    }
+
+    /// The ledger, opened on first use, off the runtime thread. A failed open
+    /// is not remembered: the next call tries again, and says why if it fails.
+    pub(crate) async fn store(&self) -> Result<SharedStore, Error> {
+        let mut slot = self.store.lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let (opener, dir, now) = (self.opener.clone(), self.state_dir.clone(), self.now());
+        let opened = tokio::task::spawn_blocking(move || opener(&dir, now))
+            .await
+            .map_err(|_| store::Error::Task)??;
+        if let Some(w) = opened.warning() {
+            tracing::warn!("{w}");
+        }
+        *slot = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// The decision log, opened on first use (off the runtime thread, retried likewise).
+    pub(crate) async fn log(&self) -> Result<decisions::Log, Error> {
+        let mut slot = self.log.lock().await;
+        if let Some(l) = slot.as_ref() {
+            return Ok(l.clone());
+        }
+        let (dir, session) = (self.state_dir.clone(), self.session.clone());
+        let opened = tokio::task::spawn_blocking(move || decisions::Log::open(&dir, session))
+            .await
+            .map_err(|_| decisions::Error::Task)??;
+        *slot = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Runs `f` on the decision log, on the blocking pool.
+    pub(crate) async fn with_log<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&decisions::Log) -> Result<T, decisions::Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let log = self.log().await?;
+        Ok(tokio::task::spawn_blocking(move || f(&log))
+            .await
+            .map_err(|_| decisions::Error::Task)??)
+    }
+
+    /// Claude's budget, assessed now (the snapshot file is read off the runtime thread).
+    pub(crate) async fn budget(&self) -> Assessment {
+        let (dir, env, pinned) = (
+            self.state_dir.clone(),
+            self.budget_env.clone(),
+            self.catalog().settings.budget_mode.clone(),
+        );
+        let now = self.now() / 1000;
+        let read = move || budget::assess_now(&dir, env.as_deref(), pinned.as_deref(), now);
+        match tokio::task::spawn_blocking(read.clone()).await {
+            Ok(a) => a,
+            Err(_) => read(),
+        }
+    }
+
+    /// A usage snapshot over the usable providers.
+    pub(crate) async fn snapshot(&self, catalog: &Arc<Catalog>) -> Result<UsageSnapshot, Error> {
+        let store = self.store().await?;
+        let usable = catalog
+            .providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| router::is_usable(p))
+            .map(|(i, _)| i)
+            .collect();
+        Ok(store.snapshot(catalog.clone(), usable, self.now()).await?)
+    }
+
+    /// Scans every outgoing text; returns the findings with the field they were in.
+    pub(crate) fn scan(fields: &[(&str, &str)]) -> Vec<(String, Finding)> {
+        fields
+            .iter()
+            .flat_map(|(name, text)| {
+                gate::scan(text)
+                    .into_iter()
+                    .map(move |f| ((*name).to_owned(), f))
+            })
+            .collect()
+    }
+
+    /// Runs one completion through the pool, logging the decision when asked.
+    pub(crate) async fn delegate(
+        &self,
+        req: DelegateRequest,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<Served, Error> {
+        let findings = Self::scan(&[
+            ("prompt", &req.prompt),
+            ("system", req.system.as_deref().unwrap_or("")),
+        ]);
+        if !findings.is_empty() {
+            let kinds: Vec<&str> = findings.iter().map(|(_, f)| f.rule).collect();
+            self.record_refusal(req.log.as_ref(), &kinds, "delegate")
+                .await;
+            return Err(Error::Refused { findings });
+        }
+        let result = self.run(&req, progress).await;
+        if let Some(fields) = req
+            .log
+            .as_ref()
+            .filter(|l| l.gist.is_some() || l.score.is_some())
+        {
+            let (model, outcome) = match &result {
+                Ok(s) => (Some(s.model.clone()), None),
+                Err(_) => (None, Some("failed".to_owned())),
+            };
+            let id = self
+                .record_pool_decision(fields, model, outcome, "delegate")
+                .await;
+            return result.map(|mut s| {
+                s.decision_id = id;
+                s
+            });
+        }
+        result
+    }
+
+    /// The failover loop, after the gate.
+    async fn run(
+        &self,
+        req: &DelegateRequest,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<Served, Error> {
+        if req.prompt.trim().is_empty() {
+            return Err(Error::Invalid("the prompt is empty".into()));
+        }
+        if let Some(t) = req.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(Error::Invalid(format!("temperature {t} is outside 0..2")));
+        }
+        let catalog = self.resolved_catalog().await;
+        let selector = router::parse_selector(&catalog, req.model.as_deref())?;
+        let store = self.store().await?;
+        let ctx = failover::Ctx {
+            catalog,
+            store,
+            upstream: self.upstream.as_ref(),
+            clock: self.clock.as_ref(),
+            rotation: &self.rotation,
+            progress,
+        };
+        let call = failover::Call {
+            chat: ChatRequest {
+                system: req.system.clone(),
+                prompt: req.prompt.clone(),
+                max_tokens: req.max_tokens,
+                temperature: req.temperature,
+            },
+            selector,
+        };
+        failover::run(&ctx, &call).await
+    }
+
+    async fn record(&self, d: Decision) -> Result<i64, Error> {
+        let now = self.now();
+        self.with_log(move |l| l.record(&d, now)).await
+    }
+
+    async fn record_refusal(&self, fields: Option<&LogFields>, kinds: &[&str], via: &str) {
+        let mut kinds = kinds.to_vec();
+        kinds.dedup();
+        let gist = fields
+            .and_then(|f| f.gist.clone())
+            .filter(|g| gate::scan(g).is_empty())
+            .unwrap_or_else(|| format!("refused by the credential gate ({})", kinds.join(", ")));
+        let d = Decision {
+            gist,
+            route: "claude".into(),
+            score: fields.and_then(|f| f.score),
+            task_type: fields.and_then(|f| f.task_type.clone()),
+            gate: Some("sensitivity".into()),
+            outcome: Some("refused".into()),
+            via: via.into(),
+            budget_mode: Some(self.budget().await.mode.as_str().into()),
+            ..Default::default()
+        };
+        if let Err(e) = self.record(d).await {
+            tracing::warn!("could not log a refusal: {}", texts::full(&e));
+        }
+    }
+
+    async fn record_pool_decision(
+        &self,
+        f: &LogFields,
+        model: Option<String>,
+        outcome: Option<String>,
+        via: &str,
+    ) -> Option<i64> {
+        let gist = f.gist.clone().unwrap_or_default();
+        let gist = if gate::scan(&gist).is_empty() {
+            gist
+        } else {
+            "[gist withheld: it carried a secret]".into()
+        };
+        let d = Decision {
+            gist,
+            route: "pool".into(),
+            score: f.score,
+            task_type: f.task_type.clone(),
+            gate: None,
+            model,
+            outcome,
+            via: via.into(),
+            budget_mode: Some(self.budget().await.mode.as_str().into()),
+        };
+        match self.record(d).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!("could not log a decision: {}", texts::full(&e));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,377 @@
+//! Every sentence Claude (or a person at the CLI) reads about an outcome: an
+//! answer with its provenance, a refusal, why nothing could serve, a fanout's
+//! results, an error with its causes. One place, so the wording stays one
+//! voice and its length can be judged (each character is Claude's budget).
+
+use std::fmt::Write as _;
+
+use super::{Attempt, Served, TaskResult, TaskStatus};
+use crate::gate::Finding;
+use crate::quota::Millis;
+use crate::router::{Reason, Rejection};
+
+/// An error and its causes on one line: `message: cause: cause`.
+pub(crate) fn full(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !out.ends_with(&c) {
+            let _ = write!(out, ": {c}");
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// "2026-11-24T08:00:00Z (in 1m)".
+pub(crate) fn when(t: Millis, now: Millis) -> String {
+    let secs = ((t - now) as f64 / 1000.0).ceil() as i64;
+    format!(
+        "{} ({})",
+        crate::budget::iso(t.div_euclid(1000)),
+        crate::budget::relative(secs)
+    )
+}
+
+/// Keeps the first `max` characters of `text`, saying how many were cut.
+pub(crate) fn cut(text: String, max: usize, hint: &str) -> String {
+    let total = text.chars().count();
+    if total <= max {
+        return text;
+    }
+    let mut kept: String = text.chars().take(max).collect();
+    let _ = write!(kept, "\n[cut: {} more characters{hint}]", total - max);
+    kept
+}
+
+/// The gate's refusal: kinds and places, never the values.
+pub(crate) fn refusal(findings: &[(String, Finding)]) -> String {
+    let list: Vec<String> = findings
+        .iter()
+        .take(8)
+        .map(|(field, f)| {
+            format!(
+                "{} in {field} at line {}, column {}",
+                f.kind, f.line, f.column
+            )
+        })
+        .collect();
+    let more = findings.len().saturating_sub(8);
+    let more = if more > 0 {
+        format!("; and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "refused: the text carries a secret ({}{more}). Nothing was sent. Keep this task on Claude, or remove the secret and delegate again.",
+        list.join("; ")
+    )
+}
+
+/// One line per attempt: `  1. provider/model: cause (N ms)`.
+pub(crate) fn attempt_lines(attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("  {}. {}: {} ({} ms)", i + 1, a.model, a.outcome, a.ms))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Why nothing could serve, per candidate, and when capacity returns.
+pub(crate) fn no_capacity(
+    rejected: &[Rejection],
+    attempts: &[Attempt],
+    soonest: Option<Millis>,
+    now: Millis,
+) -> String {
+    let unconfigured =
+        |r: &&Rejection| matches!(r.reason, Reason::NoKey(_) | Reason::MissingVar(_));
+    let sized: Vec<(u64, u32)> = rejected
+        .iter()
+        .filter_map(|r| match r.reason {
+            Reason::TooBig { need, context } => Some((need, context)),
+            _ => None,
+        })
+        .collect();
+    let configured = rejected.iter().filter(|r| !unconfigured(r)).count();
+    if !sized.is_empty() && sized.len() == configured && attempts.is_empty() {
+        // Every usable model is too small: the capability gate, said plainly.
+        let need = sized.iter().map(|s| s.0).max().unwrap_or(0);
+        let largest = sized.iter().map(|s| s.1).max().unwrap_or(0);
+        return format!(
+            "capability gate: this request needs ~{need} tokens, more than the largest usable context window ({largest} tokens). Keep this task on Claude, or split it into parts that fit."
+        );
+    }
+    let mut out = String::from("no model can take this request now.");
+    if rejected.is_empty() && attempts.is_empty() {
+        out.push_str(
+            "\nno provider is enabled (see the config problems below, or `freepool-mcp check`).",
+        );
+    }
+    if !attempts.is_empty() {
+        let _ = write!(out, "\nattempts:\n{}", attempt_lines(attempts));
+    }
+    // Group "no key" and "missing var" by provider: 60 lines of the same reason help nobody.
+    let mut grouped: Vec<(String, String, usize)> = Vec::new();
+    let mut singles = Vec::new();
+    for r in rejected {
+        if unconfigured(&r) {
+            let provider = r.id.split('/').next().unwrap_or("").to_owned();
+            let reason = r.reason.to_string();
+            match grouped
+                .iter_mut()
+                .find(|(p, why, _)| *p == provider && *why == reason)
+            {
+                Some(g) => g.2 += 1,
+                None => grouped.push((provider, reason, 1)),
+            }
+        } else {
+            singles.push(r);
+        }
+    }
+    if !singles.is_empty() {
+        out.push_str("\nwhy each candidate cannot:");
+        for r in singles.iter().take(15) {
+            let back = r
+                .frees_at
+                .map(|t| format!("; room again {}", when(t, now)))
+                .unwrap_or_default();
+            let _ = write!(out, "\n- {}: {}{back}", r.id, r.reason);
+        }
+        if singles.len() > 15 {
+            let _ = write!(out, "\n- and {} more", singles.len() - 15);
+        }
+    }
+    if !grouped.is_empty() {
+        out.push_str("\nnot configured:");
+        for (p, why, n) in grouped.iter().take(20) {
+            let _ = write!(
+                out,
+                "\n- {p} ({n} model{}): {why}",
+                if *n == 1 { "" } else { "s" }
+            );
+        }
+    }
+    match soonest {
+        Some(t) => {
+            let _ = write!(out, "\ncapacity returns first {}.", when(t, now));
+        }
+        None if rejected.iter().all(|r| unconfigured(&r)) => out.push_str(
+            "\nadd a provider key (see `freepool-mcp models`), or enable the keyless providers.",
+        ),
+        None => {}
+    }
+    out.push_str("\nkeep this task on Claude.");
+    out
+}
+
+/// The attempt or time budget ran out.
+pub(crate) fn exhausted(attempts: &[Attempt], timed_out: bool) -> String {
+    let why = if timed_out {
+        "the call's time budget ran out"
+    } else {
+        "every allowed attempt failed"
+    };
+    format!(
+        "the pool could not answer: {why} after {} attempt(s):\n{}\nkeep this task on Claude or try again later.",
+        attempts.len(),
+        attempt_lines(attempts)
+    )
+}
+
+/// The provenance line(s) after an answer.
+pub(crate) fn provenance(s: &Served) -> String {
+    let mut out = format!("served by {}", s.model);
+    if let Some(r) = &s.reported_model {
+        let _ = write!(out, " (reported as {r})");
+    }
+    let est = if s.estimated { " (estimated)" } else { "" };
+    let _ = write!(
+        out,
+        " · {} prompt + {} completion tokens{est} · {} ms",
+        s.prompt_tokens, s.completion_tokens, s.latency_ms
+    );
+    let n = s.attempts.len();
+    if n > 1 {
+        let failed: Vec<String> = s
+            .attempts
+            .iter()
+            .take(n - 1)
+            .map(|a| format!("{}: {}", a.model, a.outcome))
+            .collect();
+        let _ = write!(
+            out,
+            " · {n} attempts (failed over from {})",
+            failed.join("; ")
+        );
+    } else {
+        out.push_str(" · 1 attempt");
+    }
+    if s.truncated {
+        out.push_str("\nthe answer stopped at max_tokens: it may be cut short.");
+    }
+    if s.trains_on_prompts == Some(true) {
+        out.push_str("\nnote: this provider's free tier may train on prompts.");
+    }
+    if let Some(id) = s.decision_id {
+        let _ = write!(
+            out,
+            "\ndecision {id} logged; report the outcome with log_route_decision(decision_id={id}, outcome=accepted|redone)."
+        );
+    }
+    out
+}
+
+/// An answer followed by its provenance, as the model reads it.
+pub(crate) fn served(s: &Served) -> String {
+    format!("{}\n\n---\n{}", s.text.trim_end(), provenance(s))
+}
+
+/// A fanout's results, in input order, each headed by its status and model.
+pub(crate) fn fanout(results: &[TaskResult], concurrency: usize) -> String {
+    let ok = results
+        .iter()
+        .filter(|r| r.status == TaskStatus::Ok)
+        .count();
+    let mut out = format!(
+        "fanout: {ok} of {} tasks ok (concurrency {concurrency})\n",
+        results.len()
+    );
+    for r in results {
+        let _ = write!(out, "\n=== task {} · {}", r.id, r.status.as_str());
+        if let Some(m) = &r.model {
+            let _ = write!(out, " · {m}");
+        }
+        if let Some(t) = r.tokens {
+            let _ = write!(out, " · {t} tokens");
+        }
+        if r.attempts > 1 {
+            let _ = write!(out, " · {} attempts", r.attempts);
+        }
+        let _ = writeln!(out, " · {} ms ===", r.latency_ms);
+        match (&r.text, &r.reason) {
+            (Some(t), _) => out.push_str(t.trim_end()),
+            (None, Some(reason)) => out.push_str(reason.trim_end()),
+            _ => {}
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::Blocked;
+
+    #[test]
+    fn cut_keeps_short_text_and_marks_long_text() {
+        assert_eq!(cut("héllo".into(), 5, ""), "héllo");
+        assert_eq!(
+            cut("héllo world".into(), 5, "; see x"),
+            "héllo\n[cut: 6 more characters; see x]"
+        );
+    }
+
+    #[test]
+    fn refusal_names_kind_and_place_never_the_value() {
+        let secret = format!("ghp_{}", "Zq8Xv2Lm9Ty4Rw7Pk3Hn6Js1Gd5Fb0Ca8Eu2Y");
+        let text = format!("a\nb {secret}");
+        let findings: Vec<(String, Finding)> = crate::gate::scan(&text)
+            .into_iter()
+            .map(|f| ("prompt".to_owned(), f))
+            .collect();
+        let text = refusal(&findings);
+        assert!(
+            text.contains("GitHub token in prompt at line 2, column 3"),
+            "{text}"
+        );
+        assert!(!text.contains(&secret[4..]));
+    }
+
+    #[test]
+    fn no_capacity_groups_missing_keys_and_says_when() {
+        let rejected = vec![
+            Rejection {
+                id: "groq/a".into(),
+                reason: Reason::NoKey("GROQ_API_KEY".into()),
+                frees_at: None,
+            },
+            Rejection {
+                id: "groq/b".into(),
+                reason: Reason::NoKey("GROQ_API_KEY".into()),
+                frees_at: None,
+            },
+            Rejection {
+                id: "x/m".into(),
+                reason: Reason::Blocked(Blocked::Benched {
+                    reason: "429 rate limited".into(),
+                    until: 61_000,
+                }),
+                frees_at: Some(61_000),
+            },
+        ];
+        let text = no_capacity(&rejected, &[], Some(61_000), 1_000);
+        assert!(text.contains("- x/m: cooling down after 429 rate limited; room again 1970-01-01T00:01:01Z (in 1m)"), "{text}");
+        assert!(
+            text.contains("- groq (2 models): no key (set GROQ_API_KEY)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("capacity returns first 1970-01-01T00:01:01Z (in 1m)."),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn served_renders_answer_then_provenance() {
+        let s = Served {
+            text: "the answer\n".into(),
+            model: "groq/llama".into(),
+            reported_model: None,
+            prompt_tokens: 12,
+            completion_tokens: 3,
+            estimated: false,
+            latency_ms: 40,
+            attempts: vec![
+                Attempt {
+                    model: "cerebras/x".into(),
+                    outcome: "429 rate limited".into(),
+                    ms: 5,
+                },
+                Attempt {
+                    model: "groq/llama".into(),
+                    outcome: "ok".into(),
+                    ms: 30,
+                },
+            ],
+            truncated: false,
+            trains_on_prompts: None,
+            decision_id: Some(7),
+        };
+        let text = served(&s);
+        assert!(
+            text.starts_with("the answer\n\n---\nserved by groq/llama"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 attempts (failed over from cerebras/x: 429 rate limited)"),
+            "{text}"
+        );
+        assert!(text.contains("decision_id=7"), "{text}");
+    }
+
+    #[test]
+    fn an_error_reads_with_its_causes() {
+        let e = crate::store::Error::Db {
+            path: "/s/ledger.sqlite".into(),
+            source: "database is locked".into(),
+        };
+        assert_eq!(
+            full(&e),
+            "the usage ledger at /s/ledger.sqlite: database is locked"
+        );
+    }
+}

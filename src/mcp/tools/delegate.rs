@@ -1,0 +1,67 @@
+//! `delegate`: one task on a free model, answered with its provenance.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::LogArgs;
+use crate::dispatch::{DelegateRequest, Engine, texts};
+use crate::mcp::Progress;
+
+pub(super) const DESCRIPTION: &str = "Run one task on a free LLM from the pool and return its answer with provenance (provider/model, tokens, latency, attempts). \
+Omit model for auto-routing; failover across providers is automatic. \
+Use for mechanical work scoring below the threshold (summarize, extract, convert, boilerplate, drafts). \
+The prompt leaves this machine: anything carrying a secret or credential is refused and nothing is sent. \
+Read the answer before using it; redo the task yourself if it is wrong. \
+Optional gist/score/task_type log the routing decision in the same call.";
+
+/// `delegate`'s arguments (also each `fanout` task's, beside its id).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(crate) struct Args {
+    /// The complete, self-contained task. The worker sees nothing else.
+    pub(super) prompt: String,
+    /// Optional: "auto" (default), an exact "provider/model" id, or a family such as "gpt-oss-120b" (see list_models).
+    pub(super) model: Option<String>,
+    /// Optional system prompt.
+    pub(super) system: Option<String>,
+    /// Optional cap on the answer's length in tokens.
+    #[schemars(range(min = 1))]
+    pub(super) max_tokens: Option<u32>,
+    /// Optional sampling temperature.
+    #[schemars(range(min = 0, max = 2))]
+    pub(super) temperature: Option<f32>,
+    #[serde(flatten)]
+    pub(super) log: LogArgs,
+}
+
+impl Args {
+    /// The request the engine runs.
+    pub(super) fn request(self) -> DelegateRequest {
+        DelegateRequest {
+            log: self.log.fields(),
+            prompt: self.prompt,
+            system: self.system,
+            model: self.model,
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+        }
+    }
+}
+
+pub(super) async fn call(
+    engine: &Engine,
+    args: Args,
+    progress: Option<Progress>,
+) -> Result<String, String> {
+    // Each note (attempt N, failing over, waiting for capacity) is one step.
+    let step = std::sync::atomic::AtomicU32::new(0);
+    let note = |msg: String| {
+        if let Some(p) = &progress {
+            let n = step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            p(f64::from(n), None, msg);
+        }
+    };
+    match engine.delegate(args.request(), &note).await {
+        Ok(s) => Ok(texts::served(&s)),
+        Err(e) => Err(texts::full(&e)),
+    }
+}

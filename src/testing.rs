@@ -1,0 +1,81 @@
+//! Hooks for the benchmark suite, which runs the ledger the way sessions do.
+//! Not an API: nothing here is stable.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config;
+use crate::quota::Need;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{AttemptRecord, Slot};
+
+/// The provider the benchmark leases on: limits on every window and a pool,
+/// high enough never to refuse, so each lease runs the whole check.
+const CATALOG: &str = r#"
+[providers.bench]
+base_url = "https://bench.example/v1"
+key_env = ["BENCH_KEY"]
+day_reset = "America/Los_Angeles"
+[providers.bench.pools.acct]
+limits = { rpd = 1000000000 }
+[providers.bench.models.m]
+context = 32000
+limits = { rpm = 1000000000, rph = 1000000000, rpd = 1000000000, tpm = 1000000000000, tpd = 1000000000000, tpmo = 1000000000000 }
+"#;
+
+fn catalog(dir: &Path) -> Arc<config::Catalog> {
+    let path = dir.join("bench-catalog.toml");
+    let _ = std::fs::write(&path, CATALOG);
+    let mut cat = config::load_from(Some(&path), &|_| Some("bench-key".into()));
+    cat.providers.retain(|p| p.id == "bench");
+    Arc::new(cat)
+}
+
+/// Writes `events` past requests spread over the last 30 days into the
+/// ledger in `dir` (the state a month of use leaves behind).
+pub fn seed_ledger(dir: &Path, events: u64) -> Result<(), String> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let store = SqliteStore::open(dir, now).map_err(|e| e.to_string())?;
+    let fp = config::ApiKey::new("bench-key").fingerprint();
+    store
+        .seed_history("bench", "m", &fp, events, now - 30 * 86_400_000, now)
+        .map_err(|e| e.to_string())
+}
+
+/// One session: `calls` rounds of lease then commit on the ledger in `dir`.
+/// Returns each lease's latency in microseconds (the check-and-reserve
+/// transaction, waiting for other sessions included).
+pub fn lease_worker(dir: &Path, calls: usize) -> Result<Vec<u64>, String> {
+    let cat = catalog(dir);
+    let now = || chrono::Utc::now().timestamp_millis();
+    let store = SqliteStore::open(dir, now()).map_err(|e| e.to_string())?;
+    let fp = config::ApiKey::new("bench-key").fingerprint();
+    let slot = Slot {
+        catalog: cat,
+        provider: 0,
+        model: 0,
+        key_fp: fp,
+    };
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t0 = Instant::now();
+        let lease = store
+            .lease_blocking(&slot, Need::flat(300), now())
+            .map_err(|e| crate::dispatch::texts::full(&e))?
+            .map_err(|b| format!("refused: {b:?}"))?;
+        latencies.push(t0.elapsed().as_micros() as u64);
+        let rec = AttemptRecord {
+            reached: true,
+            need: Need::flat(320),
+            ok: true,
+            calibration: None,
+            bench: None,
+            learned: None,
+        };
+        store
+            .commit_blocking(&lease, &rec, now())
+            .map_err(|e| crate::dispatch::texts::full(&e))?;
+    }
+    Ok(latencies)
+}

@@ -304,7 +304,7 @@ pub(crate) fn examples(rows: &[Row]) -> Vec<Example<'_>> {
     rows.iter()
         .map(|r| Example {
             id: r.id,
-            time: crate::budget::iso(r.ts / 1000),
+            time: crate::quota::iso(r.ts / 1000),
             task: &r.decision.gist,
             task_type: r.decision.task_type.as_deref(),
             score: r.decision.score,

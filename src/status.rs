@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::budget::{self, Assessment};
 use crate::config::{Axis, Catalog, Limit, Provider, Window};
-use crate::quota::{Blocked, Counts, Headroom, Millis, Need, UsageSnapshot, next_reset, widx};
+use crate::quota::{
+    self, Blocked, Counts, Headroom, Millis, Need, UsageSnapshot, next_reset, widx,
+};
 use crate::router::{self, ANON};
 
 fn compact(n: u64) -> String {
@@ -34,8 +36,8 @@ fn key_fps(p: &Provider) -> Vec<String> {
 fn until(t: Millis, now: Millis) -> String {
     format!(
         "{} ({})",
-        budget::iso(t / 1000),
-        budget::relative((t - now) / 1000)
+        quota::iso(t / 1000),
+        quota::relative((t - now) / 1000)
     )
 }
 
@@ -196,13 +198,7 @@ pub(crate) fn budget_text(b: &Assessment, now: i64) -> String {
             Some(w) => {
                 let reset = w
                     .resets_at
-                    .map(|r| {
-                        format!(
-                            ", resets {} ({})",
-                            budget::iso(r),
-                            budget::relative(r - now)
-                        )
-                    })
+                    .map(|r| format!(", resets {} ({})", quota::iso(r), quota::relative(r - now)))
                     .unwrap_or_default();
                 out.push_str(&format!("\n{name}: {:.0}% used{reset}", w.used_percentage));
             }
@@ -210,7 +206,7 @@ pub(crate) fn budget_text(b: &Assessment, now: i64) -> String {
         }
     }
     let source = match &b.source {
-        budget::Source::Statusline { age_secs } => format!("statusline capture, {} old", budget::relative(*age_secs).trim_start_matches("in ")),
+        budget::Source::Statusline { age_secs } => format!("statusline capture, {} old", quota::relative(*age_secs).trim_start_matches("in ")),
         budget::Source::Pinned { by } => format!("pinned by {by} (captured figures, if any, are shown but do not decide the mode)"),
         budget::Source::None => "none (no statusline capture yet; run `freepool-mcp init` to wire it, or pin a mode for headless runs)".into(),
     };
@@ -336,7 +332,7 @@ pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str)
                         limit: l.key(),
                         used,
                         max: l.max,
-                        resets_at: reset.map(|r| budget::iso(r / 1000)),
+                        resets_at: reset.map(|r| quota::iso(r / 1000)),
                     });
                 }
                 if lu.is_empty() {

@@ -29,8 +29,8 @@ pub(crate) fn when(t: Millis, now: Millis) -> String {
     let secs = ((t - now) as f64 / 1000.0).ceil() as i64;
     format!(
         "{} ({})",
-        crate::budget::iso(t.div_euclid(1000)),
-        crate::budget::relative(secs)
+        crate::quota::iso(t.div_euclid(1000)),
+        crate::quota::relative(secs)
     )
 }
 

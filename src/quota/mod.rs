@@ -405,6 +405,32 @@ pub(crate) fn token_weight(text: &str) -> usize {
     ascii + 3 * (text.chars().count() - ascii)
 }
 
+/// Unix seconds as ISO 8601 UTC.
+pub(crate) fn iso(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// A duration in seconds as "in 2h 5m" / "5m ago".
+pub(crate) fn relative(secs: i64) -> String {
+    let a = secs.unsigned_abs();
+    let text = if a >= 86_400 {
+        format!("{}d {}h", a / 86_400, (a % 86_400) / 3600)
+    } else if a >= 3600 {
+        format!("{}h {}m", a / 3600, (a % 3600) / 60)
+    } else if a >= 60 {
+        format!("{}m", a / 60)
+    } else {
+        format!("{a}s")
+    };
+    if secs >= 0 {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,17 @@
 
 // A benchmark's report is its stdout.
 #![allow(clippy::print_stdout)]
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "figures are ratios and percentiles of counts far below 2^52"
+)]
+#![allow(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "the suite is one script, section after section, filling one table"
+)]
 
 #[path = "../tests/it/support/mock.rs"]
 mod mock;
@@ -48,7 +59,9 @@ fn main() {
 
 /// A minimal rmcp stdio server with one tool, built like ours: the cold-start baseline.
 fn minimal_server() {
-    use rmcp::model::*;
+    use rmcp::model::{
+        InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities, Tool,
+    };
     use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt, service::RequestContext};
     #[derive(Clone)]
     struct Minimal;
@@ -160,7 +173,7 @@ impl Client {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
@@ -205,7 +218,7 @@ async fn run() {
             value,
             goal: goal.into(),
             met,
-        })
+        });
     };
 
     // 1. Cold start against a minimal rmcp server, interleaved so load hits both.
@@ -405,7 +418,7 @@ async fn run() {
     let served: u64 = futures::future::join_all(runs).await.into_iter().sum();
     drop(servers);
     let upstream: u64 = mocks.iter().map(|m| m.count() as u64).sum();
-    let overshoots: u64 = mocks.iter().map(|m| m.overshoots()).sum();
+    let overshoots: u64 = mocks.iter().map(mock::MockUpstream::overshoots).sum();
     let share = served as f64 / capacity.min(workload) as f64;
     row(
         &format!(
@@ -488,7 +501,7 @@ async fn run() {
 
     println!(
         "\nfreepool-mcp benchmarks ({} cores)\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     let w = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);
     for r in &rows {
@@ -512,7 +525,7 @@ async fn run() {
     }
     println!();
     for history in [0u64, 50_000, 500_000] {
-        print!("{:<26}", history);
+        print!("{history:<26}");
         for s in sessions {
             let (p50, p99) = leases
                 .iter()
@@ -568,7 +581,7 @@ fn lease_table(me: &str) -> Vec<(u64, usize, f64, f64)> {
                         .map(|us| us / 1000.0),
                 );
             }
-            all.sort_by(|a, b| a.total_cmp(b));
+            all.sort_by(f64::total_cmp);
             let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
             out.push((history, sessions, pct(0.50), pct(0.99)));
         }

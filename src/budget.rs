@@ -309,6 +309,10 @@ pub(crate) fn pinned_mode(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::float_cmp,
+    reason = "the figures are read from JSON as written, so equality is exact"
+)]
 mod tests {
     use super::*;
 

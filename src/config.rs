@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -248,14 +249,15 @@ impl Zone {
         jiff::tz::TimeZone::get(name).ok()?;
         // Catalogs name a handful of zones, once per load: interning by leaking is fine.
         static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
-        let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
-        let name = match seen.iter().find(|z| **z == name) {
-            Some(z) => *z,
-            None => {
-                let z: &'static str = Box::leak(name.to_owned().into_boxed_str());
-                seen.push(z);
-                z
-            }
+        let mut seen = SEEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let name = if let Some(z) = seen.iter().find(|z| **z == name) {
+            *z
+        } else {
+            let z: &'static str = Box::leak(name.to_owned().into_boxed_str());
+            seen.push(z);
+            z
         };
         Some(Zone(name))
     }
@@ -419,7 +421,12 @@ impl ApiKey {
     /// A short, stable, non-reversible id: the first 12 hex digits of SHA-256.
     pub fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.0.as_bytes());
-        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+        digest[..6]
+            .iter()
+            .fold(String::with_capacity(12), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
     }
 }
 
@@ -682,6 +689,11 @@ fn load_located(
 }
 
 /// Parses one TOML file into the raw form, with a located error.
+///
+/// # Errors
+///
+/// The file is not TOML, has a key the catalog does not know, or a schema
+/// version this build cannot read; the error names the file, line and key.
 pub fn parse_file(text: &str, origin: &Path) -> Result<CatalogFile, ConfigError> {
     let doc: CatalogFile = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
@@ -839,13 +851,9 @@ fn resolve_settings(
         max_attempts: s.max_attempts.unwrap_or(d.max_attempts),
         call_timeout: s
             .call_timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(d.call_timeout),
+            .map_or(d.call_timeout, Duration::from_secs),
         output_reserve: s.output_reserve.unwrap_or(d.output_reserve),
-        max_wait: s
-            .max_wait_secs
-            .map(Duration::from_secs)
-            .unwrap_or(d.max_wait),
+        max_wait: s.max_wait_secs.map_or(d.max_wait, Duration::from_secs),
         fanout_concurrency: s.fanout_concurrency.unwrap_or(d.fanout_concurrency),
         fanout_max_concurrency: s.fanout_max_concurrency.unwrap_or(d.fanout_max_concurrency),
         fanout_max_chars_per_task: s
@@ -878,6 +886,10 @@ fn resolve_settings(
     out
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "validates one provider's fields in file order, a few lines each"
+)]
 fn resolve_provider(
     id: &str,
     value: toml::Value,
@@ -1063,8 +1075,7 @@ fn resolve_provider(
     let timeout = Duration::from_secs(raw.timeout_secs.unwrap_or(90));
     let first_byte_timeout = raw
         .first_byte_timeout_secs
-        .map(Duration::from_secs)
-        .unwrap_or(timeout);
+        .map_or(timeout, Duration::from_secs);
     Ok(Some(Provider {
         id: id.to_owned(),
         name,
@@ -1206,12 +1217,17 @@ pub fn state_dir() -> PathBuf {
     if let Some(p) = env::var(env::STATE_DIR) {
         return PathBuf::from(p);
     }
-    directories::ProjectDirs::from("", "", "freepool")
-        .map(|d| d.data_dir().to_path_buf())
-        .unwrap_or_else(|| std::env::temp_dir().join("freepool"))
+    directories::ProjectDirs::from("", "", "freepool").map_or_else(
+        || std::env::temp_dir().join("freepool"),
+        |d| d.data_dir().to_path_buf(),
+    )
 }
 
 /// Creates the state dir, private to the user (0700).
+///
+/// # Errors
+///
+/// The directory cannot be created or read.
 pub fn ensure_state_dir(dir: &Path) -> std::io::Result<()> {
     fs_err::create_dir_all(dir)?;
     #[cfg(unix)]
@@ -1339,7 +1355,7 @@ enabled = false
                 .iter()
                 .any(|l| l.key() == "tpm" && l.max == 12000)
         );
-        assert_eq!(llama.context, 131072);
+        assert_eq!(llama.context, 131_072);
     }
 
     #[test]
@@ -1436,7 +1452,7 @@ context = 8192
             let msg = cat
                 .problems
                 .first()
-                .map(|p| p.to_string())
+                .map(std::string::ToString::to_string)
                 .unwrap_or_default();
             assert!(msg.contains(want), "{text:?}: {msg}");
             assert!(msg.contains("providers.toml:"), "{msg}");

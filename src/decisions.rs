@@ -91,7 +91,7 @@ impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log")
             .field("session", &self.session)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -134,7 +134,10 @@ impl Log {
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(f(&conn)?)
     }
 
@@ -344,7 +347,7 @@ pub(crate) fn to_csv(rows: &[Row]) -> String {
             Some(q(e.outcome)),
             Some(q(e.budget_mode)),
         ];
-        out.push_str(&fields.map(|f| f.unwrap_or_default()).join(","));
+        out.push_str(&fields.map(std::option::Option::unwrap_or_default).join(","));
         out.push('\n');
     }
     out

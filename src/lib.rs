@@ -16,6 +16,30 @@
 //! [`cli`] (the commands). The public surface is what the binary, the
 //! integration tests and the benchmarks need; everything else is crate-private.
 #![warn(missing_docs)]
+// Pedantic lints this crate keeps off, each on purpose:
+#![allow(
+    clippy::doc_markdown,
+    reason = "prose names products (SQLite, OpenAI, Claude Code), not code"
+)]
+#![allow(
+    clippy::must_use_candidate,
+    reason = "crate-private functions whose callers all use the result"
+)]
+#![allow(
+    clippy::items_after_statements,
+    reason = "a lazily built static regex sits beside the one statement that uses it"
+)]
+#![allow(
+    clippy::similar_names,
+    reason = "provider, model and key are p, m and k throughout, by design"
+)]
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss,
+    reason = "time is i64 milliseconds and counts are u64 (SQLite's integers); values from outside (providers, files) are checked and saturated where they enter, and ratios of counts need no 53-bit precision"
+)]
 
 mod budget;
 pub mod cli;

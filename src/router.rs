@@ -317,6 +317,47 @@ fn tpm_of(limits: &[Limit]) -> Option<u64> {
         .min()
 }
 
+/// The capability gate for one model: whether the request fits its context
+/// window and its per-minute token limits, and if so what to reserve.
+fn capability(p: &Provider, m: &Model, req: &Request, prompt_tokens: u64) -> Result<Need, Reason> {
+    let output = u64::from(
+        req.max_tokens
+            .unwrap_or(req.output_reserve)
+            .min(m.max_output),
+    );
+    if prompt_tokens + output > u64::from(m.context) {
+        return Err(Reason::TooBig {
+            need: prompt_tokens + output,
+            context: m.context,
+        });
+    }
+    // Reserve at most `output_reserve` for the answer against quota: reserving
+    // a full max_tokens makes small per-minute limits look full for nothing.
+    // But a provider that counts max_tokens whole when the request arrives
+    // (OpenAI-style TPM) sees all of it in its minute window.
+    let tokens = prompt_tokens + output.min(u64::from(req.output_reserve));
+    let counted = req.max_tokens.filter(|_| p.counts_max_tokens);
+    let need = Need {
+        tokens,
+        // What is sent is what the provider counts.
+        minute_tokens: counted.map_or(tokens, |max| prompt_tokens + u64::from(max)),
+    };
+    let pool_tpm = p
+        .pools
+        .iter()
+        .filter(|pl| pl.covers(&m.id))
+        .filter_map(|pl| tpm_of(&pl.limits))
+        .min();
+    match tpm_of(&m.limits).into_iter().chain(pool_tpm).min() {
+        Some(max) if need.minute_tokens > max => Err(Reason::OverTokenLimit {
+            need: need.minute_tokens,
+            max,
+            max_tokens_counted: counted.is_some() && tokens <= max,
+        }),
+        _ => Ok(need),
+    }
+}
+
 /// Ranks every candidate for `req`. `rotation` varies between calls to spread load.
 pub(crate) fn plan<'c>(
     catalog: &'c Catalog,
@@ -348,52 +389,13 @@ pub(crate) fn plan<'c>(
             }
         };
         let prompt_tokens = snap.estimate_tokens(&p.id, req.prompt_chars);
-        let output = req
-            .max_tokens
-            .unwrap_or(req.output_reserve)
-            .min(m.max_output) as u64;
-        let need = prompt_tokens + output;
-        if need > m.context as u64 {
-            rejected.push(reject(
-                Reason::TooBig {
-                    need,
-                    context: m.context,
-                },
-                None,
-            ));
-            continue;
-        }
-        // Reserve at most `output_reserve` for the answer against quota: reserving
-        // a full max_tokens makes small per-minute limits look full for nothing.
-        // But a provider that counts max_tokens whole when the request arrives
-        // (OpenAI-style TPM) sees all of it in its minute window.
-        let tokens = prompt_tokens + output.min(u64::from(req.output_reserve));
-        let counted = req.max_tokens.filter(|_| p.counts_max_tokens);
-        let max_tokens_counted = counted.is_some();
-        let need = Need {
-            tokens,
-            // What is sent is what the provider counts.
-            minute_tokens: counted.map_or(tokens, |max| prompt_tokens + u64::from(max)),
+        let need = match capability(p, m, req, prompt_tokens) {
+            Ok(need) => need,
+            Err(reason) => {
+                rejected.push(reject(reason, None));
+                continue;
+            }
         };
-        let pool_tpm = p
-            .pools
-            .iter()
-            .filter(|pl| pl.covers(&m.id))
-            .filter_map(|pl| tpm_of(&pl.limits))
-            .min();
-        if let Some(max) = tpm_of(&m.limits).into_iter().chain(pool_tpm).min()
-            && need.minute_tokens > max
-        {
-            rejected.push(reject(
-                Reason::OverTokenLimit {
-                    need: need.minute_tokens,
-                    max,
-                    max_tokens_counted: max_tokens_counted && tokens <= max,
-                },
-                None,
-            ));
-            continue;
-        }
         let mut last_block = None;
         let mut found = false;
         for (key_index, key_fp) in &slots {
@@ -451,7 +453,7 @@ fn rank(cands: &mut [Candidate<'_>], _sel: &Selector, snap: &UsageSnapshot, rota
             let turn = (i as u64 + n - rotation % n) % n;
             (
                 (
-                    -(priority as i64),
+                    -i64::from(priority),
                     c.model.tier,
                     -quarter,
                     failures.min(3),
@@ -461,7 +463,7 @@ fn rank(cands: &mut [Candidate<'_>], _sel: &Selector, snap: &UsageSnapshot, rota
             )
         })
         .collect();
-    keyed.sort();
+    keyed.sort_unstable();
     let order: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
     let sorted: Vec<Candidate<'_>> = order.iter().map(|&i| cands[i].clone()).collect();
     cands.clone_from_slice(&sorted);
@@ -483,7 +485,8 @@ pub(crate) fn context_ceiling(
             })
         })
         .map(|(p, m)| {
-            let room = (m.context as u64).saturating_sub(output_reserve.min(m.max_output) as u64);
+            let room =
+                u64::from(m.context).saturating_sub(u64::from(output_reserve.min(m.max_output)));
             (room, format!("{}/{}", p.id, m.id))
         })
         .max_by_key(|(room, _)| *room)
@@ -549,7 +552,7 @@ context = 8000
     }
 
     fn ids(plan: &Plan<'_>) -> Vec<String> {
-        plan.candidates.iter().map(|c| c.id()).collect()
+        plan.candidates.iter().map(super::Candidate::id).collect()
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! `Assessment`; `StatusReport` is the same data as JSON for scripts.
 
 use serde::Serialize;
+use std::fmt::Write as _;
 
 use crate::budget::{self, Assessment};
-use crate::config::{Axis, Catalog, Limit, Provider, Window};
+use crate::config::{Axis, Catalog, Limit, Model, Provider, Window};
 use crate::quota::{
     self, Blocked, Counts, Headroom, Millis, Need, UsageSnapshot, next_reset, widx,
 };
@@ -25,7 +26,10 @@ fn compact(n: u64) -> String {
 }
 
 fn key_fps(p: &Provider) -> Vec<String> {
-    let fps: Vec<String> = p.usable_keys().map(|k| k.fingerprint()).collect();
+    let fps: Vec<String> = p
+        .usable_keys()
+        .map(super::config::ApiKey::fingerprint)
+        .collect();
     if fps.is_empty() && p.is_keyless() {
         vec![ANON.to_owned()]
     } else {
@@ -64,11 +68,11 @@ pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
     let mut benched: Vec<String> = Vec::new();
     for p in &catalog.providers {
         if !router::is_usable(p) {
-            let why = if !p.missing_vars.is_empty() {
-                format!("set {}", p.missing_vars.join(", "))
-            } else {
+            let why = if p.missing_vars.is_empty() {
                 let vars: Vec<String> = p.keys.iter().map(|k| k.source.to_string()).collect();
                 format!("no key ({})", vars.join(" or "))
+            } else {
+                format!("set {}", p.missing_vars.join(", "))
             };
             unusable.push(format!("{} {why}", p.id));
             continue;
@@ -83,7 +87,7 @@ pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
                         best = Some(match best {
                             Some(b) if b.fraction >= h.fraction => b,
                             _ => h,
-                        })
+                        });
                     }
                     Err(b) => block = Some(b),
                 }
@@ -104,42 +108,7 @@ pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
                 continue;
             };
             any = true;
-            let mut left = match (h.requests_left_today, h.tokens_left_today) {
-                (Some(r), Some(t)) => format!("{} req, {} tok left today", compact(r), compact(t)),
-                (Some(r), None) => format!("{} req left today", compact(r)),
-                (None, Some(t)) => format!("{} tok left today", compact(t)),
-                (None, None) => "no daily cap".into(),
-            };
-            if let Some(rate) = rate_of(p, m) {
-                left.push_str(&format!(" ({rate})"));
-            }
-            let mut notes = Vec::new();
-            if p.is_keyless() && p.usable_keys().next().is_none() {
-                notes.push("keyless, anonymous");
-            }
-            if p.trains_on_prompts == Some(true) {
-                notes.push("may train on prompts");
-            }
-            if m.vision {
-                notes.push("vision");
-            }
-            let family = if m.family != m.id.to_lowercase() {
-                format!(" [{}]", m.family)
-            } else {
-                String::new()
-            };
-            let notes = if notes.is_empty() {
-                String::new()
-            } else {
-                format!(" · {}", notes.join(", "))
-            };
-            lines.push(format!(
-                "{}/{}{family} · ctx {} · tier {} · {left}{notes}",
-                p.id,
-                m.id,
-                compact(m.context as u64),
-                m.tier
-            ));
+            lines.push(model_line(p, m, &h));
         }
         if any {
             providers += 1;
@@ -151,11 +120,14 @@ pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
         lines.len()
     );
     match ceiling {
-        Some((tokens, id)) => out.push_str(&format!(
-            " Auto context ceiling: {} tokens (~{} characters), on {id}.",
-            compact(tokens),
-            compact(tokens * 3)
-        )),
+        Some((tokens, id)) => {
+            let _ = write!(
+                out,
+                " Auto context ceiling: {} tokens (~{} characters), on {id}.",
+                compact(tokens),
+                compact(tokens * 3)
+            );
+        }
         None => out.push_str(" Nothing can be delegated until a provider key is set."),
     }
     out.push_str(" Tier 1 is the strongest, 4 the smallest. Pass an id or a [family] as delegate's model, or omit it.\n");
@@ -164,12 +136,54 @@ pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
         out.push_str(&l);
     }
     if !benched.is_empty() {
-        out.push_str(&format!("\n\nnot available now: {}", benched.join("; ")));
+        let _ = write!(out, "\n\nnot available now: {}", benched.join("; "));
     }
     if !unusable.is_empty() {
-        out.push_str(&format!("\n\nnot configured: {}", unusable.join("; ")));
+        let _ = write!(out, "\n\nnot configured: {}", unusable.join("; "));
     }
     out
+}
+
+/// One usable model, as `list_models` shows it.
+fn model_line(p: &Provider, m: &Model, h: &Headroom) -> String {
+    let mut left = match (h.requests_left_today, h.tokens_left_today) {
+        (Some(req), Some(tok)) => {
+            format!("{} req, {} tok left today", compact(req), compact(tok))
+        }
+        (Some(req), None) => format!("{} req left today", compact(req)),
+        (None, Some(tok)) => format!("{} tok left today", compact(tok)),
+        (None, None) => "no daily cap".into(),
+    };
+    if let Some(rate) = rate_of(p, m) {
+        let _ = write!(left, " ({rate})");
+    }
+    let mut notes = Vec::new();
+    if p.is_keyless() && p.usable_keys().next().is_none() {
+        notes.push("keyless, anonymous");
+    }
+    if p.trains_on_prompts == Some(true) {
+        notes.push("may train on prompts");
+    }
+    if m.vision {
+        notes.push("vision");
+    }
+    let family = if m.family == m.id.to_lowercase() {
+        String::new()
+    } else {
+        format!(" [{}]", m.family)
+    };
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" · {}", notes.join(", "))
+    };
+    format!(
+        "{}/{}{family} · ctx {} · tier {} · {left}{notes}",
+        p.id,
+        m.id,
+        compact(u64::from(m.context)),
+        m.tier
+    )
 }
 
 /// How many models could take a small request right now.
@@ -200,9 +214,11 @@ pub(crate) fn budget_text(b: &Assessment, now: i64) -> String {
                     .resets_at
                     .map(|r| format!(", resets {} ({})", quota::iso(r), quota::relative(r - now)))
                     .unwrap_or_default();
-                out.push_str(&format!("\n{name}: {:.0}% used{reset}", w.used_percentage));
+                let _ = write!(out, "\n{name}: {:.0}% used{reset}", w.used_percentage);
             }
-            None => out.push_str(&format!("\n{name}: unknown")),
+            None => {
+                let _ = write!(out, "\n{name}: unknown");
+            }
         }
     }
     let source = match &b.source {
@@ -210,7 +226,7 @@ pub(crate) fn budget_text(b: &Assessment, now: i64) -> String {
         budget::Source::Pinned { by } => format!("pinned by {by} (captured figures, if any, are shown but do not decide the mode)"),
         budget::Source::None => "none (no statusline capture yet; run `freepool-mcp init` to wire it, or pin a mode for headless runs)".into(),
     };
-    out.push_str(&format!("\nsource: {source}\nadvice: {}", b.advice));
+    let _ = write!(out, "\nsource: {source}\nadvice: {}", b.advice);
     out
 }
 
@@ -317,23 +333,12 @@ pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str)
                 if c.requests[3] == 0 && c.requests[2] == 0 && c.in_flight == 0 {
                     continue;
                 }
-                let mut lu = Vec::new();
-                for l in limits {
-                    let i = widx(l.window);
-                    let used = match l.axis {
-                        Axis::Requests => c.requests[i],
-                        Axis::Tokens => c.tokens[i],
-                    };
-                    let reset = next_reset(l.window, l.reset, now);
-                    if let Some(r) = reset {
-                        soonest = Some(soonest.map_or(r, |s| s.min(r)));
-                    }
-                    lu.push(LimitUse {
-                        limit: l.key(),
-                        used,
-                        max: l.max,
-                        resets_at: reset.map(|r| quota::iso(r / 1000)),
-                    });
+                let mut lu = limit_uses(limits, &c, now);
+                for r in limits
+                    .iter()
+                    .filter_map(|l| next_reset(l.window, l.reset, now))
+                {
+                    soonest = Some(soonest.map_or(r, |s| s.min(r)));
                 }
                 if lu.is_empty() {
                     lu.push(LimitUse {
@@ -377,6 +382,25 @@ pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str)
     }
 }
 
+/// Each limit of a scope with its use now.
+fn limit_uses(limits: &[Limit], c: &Counts, now: Millis) -> Vec<LimitUse> {
+    limits
+        .iter()
+        .map(|l| {
+            let i = widx(l.window);
+            LimitUse {
+                limit: l.key(),
+                used: match l.axis {
+                    Axis::Requests => c.requests[i],
+                    Axis::Tokens => c.tokens[i],
+                },
+                max: l.max,
+                resets_at: next_reset(l.window, l.reset, now).map(|r| quota::iso(r / 1000)),
+            }
+        })
+        .collect()
+}
+
 /// The status report as a table.
 pub(crate) fn report_text(r: &StatusReport) -> String {
     let mut out = format!("ledger: {}\n", r.ledger);
@@ -385,7 +409,7 @@ pub(crate) fn report_text(r: &StatusReport) -> String {
         out.push_str("  none usable (see `freepool-mcp models`)\n");
     }
     for (p, k) in &r.keys {
-        out.push_str(&format!("  {p:<14} {}\n", k.join(", ")));
+        let _ = writeln!(out, "  {p:<14} {}", k.join(", "));
     }
     out.push_str("\nusage (used/limit per window; leases in flight included):\n");
     if r.usage.is_empty() {
@@ -403,26 +427,22 @@ pub(crate) fn report_text(r: &StatusReport) -> String {
                 }
             })
             .collect();
-        out.push_str(&format!(
-            "  {:<52} {:<14} {}\n",
-            u.scope,
-            u.key,
-            limits.join("  ")
-        ));
+        let _ = writeln!(out, "  {:<52} {:<14} {}", u.scope, u.key, limits.join("  "));
     }
     out.push_str("\ncooldowns:\n");
     if r.cooldowns.is_empty() {
         out.push_str("  none\n");
     }
     for c in &r.cooldowns {
-        out.push_str(&format!(
-            "  {:<40} {} ({}) until {}\n",
+        let _ = writeln!(
+            out,
+            "  {:<40} {} ({}) until {}",
             c.scope, c.reason, c.source, c.until
-        ));
+        );
     }
-    out.push_str(&format!("\nin flight: {}\n", r.in_flight));
+    let _ = write!(out, "\nin flight: {}\n", r.in_flight);
     if let Some(s) = &r.soonest_reset {
-        out.push_str(&format!("soonest reset: {s}\n"));
+        let _ = writeln!(out, "soonest reset: {s}");
     }
     out
 }
@@ -457,14 +477,14 @@ pub(crate) fn catalog_table(catalog: &Catalog) -> String {
             Some(false) => "",
             None => " · data use not stated",
         };
-        out.push_str(&format!("{} — {} · {}{training}\n", p.id, p.name, status));
+        let _ = writeln!(out, "{} — {} · {}{training}", p.id, p.name, status);
         for pool in &p.pools {
             let limits: Vec<String> = pool
                 .limits
                 .iter()
                 .map(|l| format!("{}={}", l.key(), l.max))
                 .collect();
-            out.push_str(&format!("    pool {}: {}\n", pool.id, limits.join(" ")));
+            let _ = writeln!(out, "    pool {}: {}", pool.id, limits.join(" "));
         }
         for m in &p.models {
             let limits: Vec<String> = m
@@ -472,14 +492,15 @@ pub(crate) fn catalog_table(catalog: &Catalog) -> String {
                 .iter()
                 .map(|l| format!("{}={}", l.key(), compact(l.max)))
                 .collect();
-            out.push_str(&format!(
-                "    {:<52} {:<26} ctx {:>6} tier {} {}\n",
+            let _ = writeln!(
+                out,
+                "    {:<52} {:<26} ctx {:>6} tier {} {}",
                 m.id,
                 m.family,
-                compact(m.context as u64),
+                compact(u64::from(m.context)),
                 m.tier,
                 limits.join(" ")
-            ));
+            );
         }
     }
     let n_models: usize = catalog.providers.iter().map(|p| p.models.len()).sum();
@@ -488,12 +509,13 @@ pub(crate) fn catalog_table(catalog: &Catalog) -> String {
         .iter()
         .filter(|p| router::is_usable(p))
         .count();
-    out.push_str(&format!(
+    let _ = write!(
+        out,
         "\n{} providers, {n_models} models; {usable} providers usable now.\n",
         catalog.providers.len()
-    ));
+    );
     if let Some(path) = &catalog.user_file {
-        out.push_str(&format!("user file: {}\n", path.display()));
+        let _ = writeln!(out, "user file: {}", path.display());
     }
     out
 }

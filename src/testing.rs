@@ -24,12 +24,20 @@ context = 32000
 limits = { rpm = 1000000000, rph = 1000000000, rpd = 1000000000, tpm = 1000000000000, tpd = 1000000000000, tpmo = 1000000000000 }
 "#;
 
-fn catalog(dir: &Path) -> Arc<config::Catalog> {
-    let path = dir.join("bench-catalog.toml");
-    let _ = std::fs::write(&path, CATALOG);
+/// The catalog, from a file of this process's own (workers run side by side).
+fn catalog(dir: &Path) -> Result<Arc<config::Catalog>, String> {
+    let path = dir.join(format!("bench-catalog-{}.toml", std::process::id()));
+    std::fs::write(&path, CATALOG).map_err(|e| e.to_string())?;
     let mut cat = config::load_from(Some(&path), &|_| Some("bench-key".into()));
+    let _ = std::fs::remove_file(&path);
     cat.providers.retain(|p| p.id == "bench");
-    Arc::new(cat)
+    if cat.providers.is_empty() {
+        return Err(format!(
+            "the bench catalog did not load: {:?}",
+            cat.problems
+        ));
+    }
+    Ok(Arc::new(cat))
 }
 
 /// Writes `events` past requests spread over the last 30 days into the
@@ -47,7 +55,7 @@ pub fn seed_ledger(dir: &Path, events: u64) -> Result<(), String> {
 /// Returns each lease's latency in microseconds (the check-and-reserve
 /// transaction, waiting for other sessions included).
 pub fn lease_worker(dir: &Path, calls: usize) -> Result<Vec<u64>, String> {
-    let cat = catalog(dir);
+    let cat = catalog(dir)?;
     let now = || chrono::Utc::now().timestamp_millis();
     let store = SqliteStore::open(dir, now()).map_err(|e| e.to_string())?;
     let fp = config::ApiKey::new("bench-key").fingerprint();
@@ -78,4 +86,15 @@ pub fn lease_worker(dir: &Path, calls: usize) -> Result<Vec<u64>, String> {
             .map_err(|e| crate::dispatch::texts::full(&e))?;
     }
     Ok(latencies)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_worker_leases_on_a_seeded_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        super::seed_ledger(dir.path(), 1000).unwrap();
+        let lat = super::lease_worker(dir.path(), 5).unwrap();
+        assert_eq!(lat.len(), 5);
+    }
 }

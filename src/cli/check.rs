@@ -4,24 +4,24 @@ use super::{Cli, load, out};
 use crate::config::{self, env};
 use crate::dispatch::{DelegateRequest, Engine, texts};
 use crate::{budget, router};
+use std::fmt::Write as _;
 
 pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
     let (catalog, state) = load(cli);
     let mut code = 0;
     let mut text = String::new();
     match &catalog.user_file {
-        Some(p) => text.push_str(&format!(
-            "config: {} (over the built-in catalog)\n",
-            p.display()
-        )),
+        Some(p) => {
+            let _ = writeln!(text, "config: {} (over the built-in catalog)", p.display());
+        }
         None => text.push_str("config: built-in catalog only (no user file)\n"),
     }
     for p in &catalog.problems {
-        text.push_str(&format!("error: {p}\n"));
+        let _ = writeln!(text, "error: {p}");
         code = 1;
     }
     for w in &catalog.warnings {
-        text.push_str(&format!("warning: {w}\n"));
+        let _ = writeln!(text, "warning: {w}");
     }
     let engine = Engine::new(catalog, state.clone());
     let catalog = engine.resolved_catalog().await;
@@ -31,7 +31,7 @@ pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
             if let Some(problem) = &k.problem
                 && !matches!(k.source, config::KeySource::Env(_))
             {
-                text.push_str(&format!("error: {}: {problem}\n", p.id));
+                let _ = writeln!(text, "error: {}: {problem}", p.id);
                 code = 1;
             }
         }
@@ -39,19 +39,20 @@ pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
             usable += 1;
         }
     }
-    text.push_str(&format!(
-        "providers: {} enabled, {usable} usable now (keys or keyless)\n",
+    let _ = writeln!(
+        text,
+        "providers: {} enabled, {usable} usable now (keys or keyless)",
         catalog.providers.len()
-    ));
+    );
     match engine.store().await {
         Ok(store) => {
-            text.push_str(&format!("state: {} (writable)\n", state.display()));
+            let _ = writeln!(text, "state: {} (writable)", state.display());
             if let Some(w) = store.warning() {
-                text.push_str(&format!("warning: {w}\n"));
+                let _ = writeln!(text, "warning: {w}");
             }
         }
         Err(e) => {
-            text.push_str(&format!("error: {}\n", texts::full(&e)));
+            let _ = writeln!(text, "error: {}", texts::full(&e));
             code = 1;
         }
     }
@@ -59,13 +60,10 @@ pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
         env::var(env::BUDGET_MODE).as_deref(),
         catalog.settings.budget_mode.as_deref(),
     ) {
-        text.push_str(&format!("error: {e}\n"));
+        let _ = writeln!(text, "error: {e}");
         code = 1;
     }
-    text.push_str(&format!(
-        "budget: {}\n",
-        engine.budget().await.mode.as_str()
-    ));
+    let _ = writeln!(text, "budget: {}", engine.budget().await.mode.as_str());
     out(&text)?;
     if probe {
         out("\nprobing each usable provider with one tiny request (uses free quota):\n")?;

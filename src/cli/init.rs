@@ -4,6 +4,7 @@
 //! a one-line pointer in CLAUDE.md. It shows what it changes, is idempotent,
 //! and keeps a backup of any settings file it edits.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -43,6 +44,10 @@ const CONFIG_TEMPLATE: &str = r#"# freepool-mcp user configuration. It overrides
 
 const CLAUDE_MD_LINE: &str = "- Route work per the freellmapi MCP server's instructions: delegate mechanical tasks below the difficulty threshold to the free pool, keep secrets and hard reasoning on Claude, read every pool answer, and log each routing decision. <!-- freepool-mcp -->";
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "four independent steps in the order they are shown; each is commented"
+)]
 pub(super) fn run(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("finding this program's path")?;
     let exe_s = exe.display().to_string();
@@ -218,7 +223,7 @@ pub(super) fn run(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32
 
     let mut text = String::new();
     for c in &changes {
-        text.push_str(&format!("{}{c}\n", if dry_run { "would: " } else { "" }));
+        let _ = writeln!(text, "{}{c}", if dry_run { "would: " } else { "" });
     }
     out(&text)?;
     if !dry_run {

@@ -11,6 +11,7 @@ mod check;
 mod init;
 mod statusline;
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, env};
-use crate::dispatch::{DelegateRequest, Engine, texts};
+use crate::dispatch::{self, DelegateRequest, Engine, texts};
 use crate::{decisions, gate, mcp, status};
 
 /// freepool-mcp: a pool of free LLM tiers as a worker tier for Claude Code.
@@ -137,7 +138,7 @@ fn out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
-        .and_then(|_| stdout.flush())
+        .and_then(|()| stdout.flush())
     {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("writing to stdout"),
@@ -182,6 +183,11 @@ pub fn preload(cli: &Cli) -> Option<Preload> {
 }
 
 /// Runs the command; returns the exit code.
+///
+/// # Errors
+///
+/// What the command could not do for a reason outside it (stdout closed,
+/// a file that cannot be read); the binary prints it and exits 2.
 pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
     match &cli.command {
         None | Some(Command::Serve) => {
@@ -197,7 +203,7 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
             let (catalog, _) = load(&cli);
             out(&status::catalog_table(&catalog))?;
             report_problems(&catalog);
-            Ok(if catalog.problems.is_empty() { 0 } else { 1 })
+            Ok(i32::from(!catalog.problems.is_empty()))
         }
         Some(Command::Delegate {
             prompt,
@@ -205,111 +211,22 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
             system,
             max_tokens,
         }) => {
-            let prompt = if prompt == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading the prompt from stdin")?;
-                s
-            } else {
-                prompt.clone()
-            };
-            let (catalog, state) = load(&cli);
-            report_problems(&catalog);
-            let engine = Engine::new(catalog, state);
             let req = DelegateRequest {
-                prompt,
+                prompt: prompt.clone(),
                 system: system.clone(),
                 model: model.clone(),
                 max_tokens: *max_tokens,
                 temperature: None,
                 log: None,
             };
-            // A person at a terminal sees the attempts as they happen.
-            let tty = std::io::stderr().is_terminal();
-            let note = move |msg: String| {
-                if tty {
-                    eprintln!("freepool: {msg}");
-                }
-            };
-            match engine.delegate(req, &note).await {
-                Ok(s) => {
-                    out(s.text.trim_end())?;
-                    out("\n")?;
-                    eprintln!("{}", texts::provenance(&s));
-                    Ok(0)
-                }
-                Err(e) => {
-                    eprintln!("error: {}", texts::full(&e));
-                    Ok(1)
-                }
-            }
+            delegate(&cli, req).await
         }
         Some(Command::Check { probe }) => check::run(&cli, *probe).await,
         Some(Command::Status {
             json,
             clear_cooldowns,
-        }) => {
-            let (catalog, state) = load(&cli);
-            let engine = Engine::new(catalog, state);
-            let store = engine
-                .store()
-                .await
-                .map_err(|e| anyhow::anyhow!(texts::full(&e)))?;
-            if let Some(which) = clear_cooldowns {
-                let n = store
-                    .clear_cooldowns((which != "*").then(|| which.clone()))
-                    .await
-                    .map_err(|e| anyhow::anyhow!(texts::full(&e)))?;
-                eprintln!("cleared {n} cooldown(s)");
-            }
-            let catalog = engine.resolved_catalog().await;
-            let snap = engine
-                .snapshot(&catalog)
-                .await
-                .map_err(|e| anyhow::anyhow!(texts::full(&e)))?;
-            let report = status::report(&catalog, &snap, &store.location());
-            if *json {
-                out(&serde_json::to_string_pretty(&report)?)?;
-                out("\n")?;
-            } else {
-                out(&status::report_text(&report))?;
-            }
-            Ok(0)
-        }
-        Some(Command::Scan { file }) => {
-            let text = if file == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading stdin")?;
-                s
-            } else {
-                let bytes = fs_err::read(file)?;
-                String::from_utf8_lossy(&bytes).into_owned()
-            };
-            let findings = gate::scan(&text);
-            let name = if file == "-" {
-                "<stdin>"
-            } else {
-                file.as_str()
-            };
-            let mut report = String::new();
-            for f in &findings {
-                report.push_str(&format!(
-                    "{name}:{}:{}: {} [{}] {}\n",
-                    f.line, f.column, f.kind, f.rule, f.masked
-                ));
-            }
-            out(&report)?;
-            if findings.is_empty() {
-                eprintln!("{name}: no secrets found ({} rules)", gate::rule_count());
-                Ok(0)
-            } else {
-                eprintln!("{name}: {} secret(s) found", findings.len());
-                Ok(1)
-            }
-        }
+        }) => status(&cli, *json, clear_cooldowns.as_deref()).await,
+        Some(Command::Scan { file }) => scan(file),
         Some(Command::Statusline { then }) => {
             statusline::run(&cli, then.as_deref()).await;
             Ok(0)
@@ -319,11 +236,100 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
     }
 }
 
+/// `delegate`: the answer on stdout, provenance (and, at a terminal, each attempt) on stderr.
+async fn delegate(cli: &Cli, mut req: DelegateRequest) -> anyhow::Result<i32> {
+    if req.prompt == "-" {
+        req.prompt.clear();
+        std::io::stdin()
+            .read_to_string(&mut req.prompt)
+            .context("reading the prompt from stdin")?;
+    }
+    let (catalog, state) = load(cli);
+    report_problems(&catalog);
+    let engine = Engine::new(catalog, state);
+    // A person at a terminal sees the attempts as they happen.
+    let tty = std::io::stderr().is_terminal();
+    let note = move |msg: String| {
+        if tty {
+            eprintln!("freepool: {msg}");
+        }
+    };
+    match engine.delegate(req, &note).await {
+        Ok(s) => {
+            out(s.text.trim_end())?;
+            out("\n")?;
+            eprintln!("{}", texts::provenance(&s));
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: {}", texts::full(&e));
+            Ok(1)
+        }
+    }
+}
+
+/// `status`: what is left, as a table or JSON; optionally clearing cooldowns first.
+async fn status(cli: &Cli, json: bool, clear: Option<&str>) -> anyhow::Result<i32> {
+    let (catalog, state) = load(cli);
+    let engine = Engine::new(catalog, state);
+    let failed = |e: dispatch::Error| anyhow::anyhow!(texts::full(&e));
+    let store = engine.store().await.map_err(failed)?;
+    if let Some(which) = clear {
+        let n = store
+            .clear_cooldowns((which != "*").then(|| which.to_owned()))
+            .await
+            .map_err(|e| failed(e.into()))?;
+        eprintln!("cleared {n} cooldown(s)");
+    }
+    let catalog = engine.resolved_catalog().await;
+    let snap = engine.snapshot(&catalog).await.map_err(failed)?;
+    let report = status::report(&catalog, &snap, &store.location());
+    if json {
+        out(&serde_json::to_string_pretty(&report)?)?;
+        out("\n")?;
+    } else {
+        out(&status::report_text(&report))?;
+    }
+    Ok(0)
+}
+
+/// `scan`: the credential gate over a file or stdin; 1 when anything is found.
+fn scan(file: &str) -> anyhow::Result<i32> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading stdin")?;
+        s
+    } else {
+        let bytes = fs_err::read(file)?;
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let findings = gate::scan(&text);
+    let name = if file == "-" { "<stdin>" } else { file };
+    let mut report = String::new();
+    for f in &findings {
+        let _ = writeln!(
+            report,
+            "{name}:{}:{}: {} [{}] {}",
+            f.line, f.column, f.kind, f.rule, f.masked
+        );
+    }
+    out(&report)?;
+    if findings.is_empty() {
+        eprintln!("{name}: no secrets found ({} rules)", gate::rule_count());
+        Ok(0)
+    } else {
+        eprintln!("{name}: {} secret(s) found", findings.len());
+        Ok(1)
+    }
+}
+
 async fn log(cli: &Cli, action: &LogAction) -> anyhow::Result<i32> {
     let (catalog, state) = load(cli);
     let engine = Engine::new(catalog, state);
     let rows = engine
-        .with_log(|l| l.all())
+        .with_log(super::decisions::Log::all)
         .await
         .map_err(|e| anyhow::anyhow!(texts::full(&e)))?;
     match action {
@@ -362,7 +368,7 @@ fn stats_text(s: &decisions::Stats) -> String {
     let section = |title: &str, rows: &[(String, usize)]| {
         let mut t = format!("\n{title}:\n");
         for (k, n) in rows {
-            t.push_str(&format!("  {k:<24} {n}\n"));
+            let _ = writeln!(t, "  {k:<24} {n}");
         }
         t
     };
@@ -375,12 +381,13 @@ fn stats_text(s: &decisions::Stats) -> String {
         out.push_str("  no outcomes reported yet\n");
     }
     for (m, a, j) in &s.acceptance {
-        out.push_str(&format!(
-            "  {m:<52} {a}/{j} ({:.0}%)\n",
+        let _ = writeln!(
+            out,
+            "  {m:<52} {a}/{j} ({:.0}%)",
             100.0 * *a as f64 / (*j).max(1) as f64
-        ));
+        );
     }
-    out.push_str(&format!("\ncapability-gate hits: {}\n", s.capability_hits));
+    let _ = write!(out, "\ncapability-gate hits: {}\n", s.capability_hits);
     out
 }
 

@@ -3,6 +3,7 @@
 //! It stores the usage windows Claude Code hands it and prints one short
 //! line. Never fails: whatever arrives, it prints a line and exits 0.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 
 use super::{Cli, load, out};
@@ -35,20 +36,22 @@ pub(super) async fn run(cli: &Cli, then: Option<&str>) {
     let pct = |w: Option<budget::WindowState>| {
         w.map_or("?".to_owned(), |w| format!("{:.0}%", w.used_percentage))
     };
-    line.push_str(&format!(
+    let _ = write!(
+        line,
         "pool: {} · week {} · 5h {}",
         a.mode.as_str(),
         pct(a.weekly),
         pct(a.five_hour)
-    ));
+    );
     // What the pool can take right now; left out if the ledger cannot be read.
     let engine = Engine::new(catalog, state);
     let catalog = engine.resolved_catalog().await;
     if let Ok(snap) = engine.snapshot(&catalog).await {
-        line.push_str(&format!(
+        let _ = write!(
+            line,
             " · {} models ready",
             status::ready_count(&catalog, &snap)
-        ));
+        );
     }
     let _ = out(&format!("{line}\n"));
 }

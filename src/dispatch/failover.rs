@@ -91,6 +91,10 @@ impl Drop for LeaseGuard {
 }
 
 /// Runs one call through the pool.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the loop reads top to bottom as its steps; the steps that stand alone are functions"
+)]
 pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
     let catalog = &ctx.catalog;
     let settings = &catalog.settings;
@@ -136,56 +140,32 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
         let Some((cand, guard)) = leased else {
             // Nothing free now. Wait if capacity returns soon enough, else explain.
             let now = ctx.clock.now();
-            let wake = if !plan.candidates.is_empty() || plan.has_busy() {
-                Some(now + 200) // lost a race, or waiting on requests in flight
-            } else {
-                plan.soonest_free()
-            };
             let limit = (now + settings.max_wait.as_millis() as i64).min(deadline);
-            match wake {
-                Some(t) if t.max(now + 50) <= limit && idle_rounds < 400 => {
-                    idle_rounds += 1;
-                    let wait = (t - now).clamp(50, 5_000);
-                    if idle_rounds == 1 || wait >= 1_000 {
-                        (ctx.progress)(format!(
-                            "no capacity now; waiting until {}",
-                            super::texts::when(t, now)
-                        ));
-                    }
-                    ctx.clock.sleep(Duration::from_millis(wait as u64)).await;
-                    continue;
+            if idle_rounds < 400
+                && let Some(until) = worth_waiting(&plan, now, limit)
+            {
+                idle_rounds += 1;
+                let wait = (until - now).clamp(50, 5_000);
+                if idle_rounds == 1 || wait >= 1_000 {
+                    let when = super::texts::when(until, now);
+                    (ctx.progress)(format!("no capacity now; waiting until {when}"));
                 }
-                _ => {
-                    let mut rejected = plan.rejected;
-                    rejected.extend(lost);
-                    let soonest = rejected.iter().filter_map(|r| r.frees_at).min();
-                    return Err(Error::NoCandidate {
-                        rejected,
-                        attempts,
-                        soonest,
-                        now,
-                    });
-                }
+                ctx.clock.sleep(Duration::from_millis(wait as u64)).await;
+                continue;
             }
-        };
-        let key = cand
-            .key_index
-            .and_then(|i| cand.provider.keys.get(i))
-            .and_then(|k| k.key.as_ref());
-        let left = Duration::from_millis((deadline - now).max(0) as u64);
-        let attempt_timeout = cand.provider.timeout.min(left);
-        let target = Target {
-            base_url: &cand.provider.base_url,
-            model: &cand.model.id,
-            key,
-            headers: &cand.provider.headers,
-            first_byte_timeout: cand.provider.first_byte_timeout.min(attempt_timeout),
-            attempt_timeout,
+            let mut rejected = plan.rejected;
+            rejected.extend(lost);
+            let soonest = rejected.iter().filter_map(|r| r.frees_at).min();
+            return Err(Error::NoCandidate {
+                rejected,
+                attempts,
+                soonest,
+                now,
+            });
         };
         (ctx.progress)(format!("attempt {} on {}", attempts.len() + 1, cand.id()));
-        tracing::info!(model = %cand.id(), key = %cand.key_fp, why = %cand.why(), "attempt");
         let t0 = ctx.clock.now();
-        let outcome = ctx.upstream.call(&target, &call.chat).await;
+        let outcome = send(ctx, &call.chat, &cand, deadline - t0).await;
         let now = ctx.clock.now();
         let ms = (now - t0).max(0) as u64;
         match outcome {
@@ -231,6 +211,44 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
             }
         }
     }
+}
+
+/// When to look again if nothing could be leased, or `None` to stop and
+/// explain: capacity must return before `limit`. A candidate that was free
+/// in the snapshot but lost to another process, or a provider busy with
+/// requests in flight, is worth another look shortly.
+fn worth_waiting(plan: &router::Plan<'_>, now: Millis, limit: Millis) -> Option<Millis> {
+    let wake = if !plan.candidates.is_empty() || plan.has_busy() {
+        Some(now + 200)
+    } else {
+        plan.soonest_free()
+    };
+    wake.filter(|t| (*t).max(now + 50) <= limit)
+}
+
+/// One attempt on a leased candidate, within what is left of the call's budget.
+async fn send(
+    ctx: &Ctx<'_>,
+    chat: &ChatRequest,
+    cand: &Candidate<'_>,
+    left_ms: Millis,
+) -> Result<Completion, crate::upstream::AttemptError> {
+    let key = cand
+        .key_index
+        .and_then(|i| cand.provider.keys.get(i))
+        .and_then(|k| k.key.as_ref());
+    let left = Duration::from_millis(left_ms.max(0) as u64);
+    let attempt_timeout = cand.provider.timeout.min(left);
+    let target = Target {
+        base_url: &cand.provider.base_url,
+        model: &cand.model.id,
+        key,
+        headers: &cand.provider.headers,
+        first_byte_timeout: cand.provider.first_byte_timeout.min(attempt_timeout),
+        attempt_timeout,
+    };
+    tracing::info!(model = %cand.id(), key = %cand.key_fp, why = %cand.why(), "attempt");
+    ctx.upstream.call(&target, chat).await
 }
 
 /// Leases the first candidate of `plan` that still has room. Candidates that

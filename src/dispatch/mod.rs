@@ -181,7 +181,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("state_dir", &self.state_dir)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -261,7 +261,11 @@ impl Engine {
 
     fn catalog_arc(&self) -> &Arc<Catalog> {
         self.catalog.get_or_init(|| {
-            let loader = self.loader.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let loader = self
+                .loader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
             let catalog = loader.map_or_else(failed_catalog, |f| f());
             for w in &catalog.warnings {
                 tracing::warn!("{w}");

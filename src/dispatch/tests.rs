@@ -442,7 +442,7 @@ async fn a_cancelled_call_releases_its_lease() {
     };
     tokio::select! {
         _ = &mut call => panic!("the call hangs"),
-        _ = held => {}
+        () = held => {}
     }
     assert_eq!(store.open_leases(), 1, "it holds a lease");
     drop(call);

@@ -14,6 +14,7 @@
 
 mod tools;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use rmcp::model::{
@@ -99,7 +100,7 @@ impl Server {
         let cat = self.engine.catalog();
         let mut out = String::new();
         for p in &cat.problems {
-            out.push_str(&format!("\nconfig problem (the rest works): {p}"));
+            let _ = write!(out, "\nconfig problem (the rest works): {p}");
         }
         out
     }
@@ -192,7 +193,7 @@ impl ServerHandler for Server {
             r = work => r.unwrap_or_else(|_| CallToolResult::error(vec![ContentBlock::text(format!(
                 "internal error in {name} (a bug, logged on stderr); the server goes on. Keep this task on Claude."
             ))])),
-            _ = context.ct.cancelled() => {
+            () = context.ct.cancelled() => {
                 // Dropping `work` aborts in-flight HTTP calls and releases their leases.
                 tracing::info!(tool = %name, "cancelled by the client");
                 return Err(ErrorData::internal_error("cancelled by the client", None));

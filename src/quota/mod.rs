@@ -407,9 +407,10 @@ pub(crate) fn token_weight(text: &str) -> usize {
 
 /// Unix seconds as ISO 8601 UTC.
 pub(crate) fn iso(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0)
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| secs.to_string())
+    chrono::DateTime::from_timestamp(secs, 0).map_or_else(
+        || secs.to_string(),
+        |d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
 }
 
 /// A duration in seconds as "in 2h 5m" / "5m ago".

@@ -124,7 +124,7 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.inner.path)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -285,7 +285,10 @@ impl Inner {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut conn)
     }
 }
@@ -822,6 +825,14 @@ fn read_snapshot(
             }
         }
     }
+    read_benches(conn, &mut snap)?;
+    Ok(snap)
+}
+
+/// Reads what is not use into a snapshot: benches in force, learned limits
+/// still confirmed, calibration, and recent failures per model.
+fn read_benches(conn: &Connection, snap: &mut UsageSnapshot) -> rusqlite::Result<()> {
+    let now = snap.now;
     let mut stmt = conn.prepare_cached(
         "SELECT provider, model, key_fp, until, stated, reason, strikes FROM cooldowns WHERE until > ?1",
     )?;
@@ -864,7 +875,7 @@ fn read_snapshot(
         ))
     })?;
     snap.recent_failures = rows.collect::<Result<_, _>>()?;
-    Ok(snap)
+    Ok(())
 }
 
 /// Test support: a store in a fresh directory, and a catalog slot.
@@ -1385,7 +1396,7 @@ mod tests {
         assert!(store.warning().unwrap().contains("moved to"));
         let aside = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
         assert!(aside);
     }

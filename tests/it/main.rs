@@ -7,6 +7,17 @@
 //! - `faults`: upstreams that hang, trickle, or answer garbage; broken state and config.
 //! - `props`: property tests for the gate and config parsing.
 
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_possible_truncation,
+    reason = "pids go to libc::kill as pid_t; test figures are small"
+)]
+#![allow(
+    clippy::too_many_lines,
+    clippy::items_after_statements,
+    reason = "a table test keeps its cases and their types where they are read"
+)]
+
 mod architecture;
 mod cli;
 mod faults;

@@ -54,7 +54,7 @@ fn tools_list_has_object_schemas_and_annotations() {
         assert!(t["annotations"]["title"].is_string(), "{t}");
     }
     let fanout = &tools[1];
-    assert_eq!(fanout["_meta"]["anthropic/maxResultSizeChars"], 100000);
+    assert_eq!(fanout["_meta"]["anthropic/maxResultSizeChars"], 100_000);
     assert_eq!(tools[2]["annotations"]["readOnlyHint"], true);
     c.assert_pure();
 }

@@ -39,7 +39,7 @@ proptest! {
         let line = text[..start].matches('\n').count() + 1;
         let col = text[..start].rsplit('\n').next().unwrap().chars().count() + 1;
         prop_assert_eq!((f.line, f.column), (line, col));
-        for shown in findings.iter().map(|f| f.to_string()) {
+        for shown in findings.iter().map(std::string::ToString::to_string) {
             prop_assert!(!shown.contains(&body[..12]), "{}", shown);
         }
     }

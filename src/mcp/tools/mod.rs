@@ -390,13 +390,13 @@ mod tests {
         assert!(tasks["items"]["properties"]["prompt"]["description"].is_string());
     }
 
-    fn check(tool: Tool, args: Value) -> Result<(), String> {
+    fn check(tool: Tool, args: &Value) -> Result<(), String> {
         match tool
             .built()
             .validator
             .as_ref()
             .unwrap()
-            .iter_errors(&args)
+            .iter_errors(args)
             .next()
         {
             None => Ok(()),
@@ -458,11 +458,11 @@ mod tests {
             ),
         ];
         for (tool, args, want) in cases {
-            let err = check(tool, args).unwrap_err();
+            let err = check(tool, &args).unwrap_err();
             assert!(err.contains(want), "{}: {err}", tool.name());
             assert!(err.len() < 300, "{err}");
         }
-        assert!(check(Tool::Fanout, json!({"tasks": vec![task; 200]})).is_ok());
-        assert!(check(Tool::ListModels, json!({})).is_ok());
+        assert!(check(Tool::Fanout, &json!({"tasks": vec![task; 200]})).is_ok());
+        assert!(check(Tool::ListModels, &json!({})).is_ok());
     }
 }

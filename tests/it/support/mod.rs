@@ -2,6 +2,10 @@
 //! binary's stdio, and the mock upstream.
 
 #![allow(dead_code, unreachable_pub)]
+#![allow(
+    clippy::needless_pass_by_value,
+    reason = "callers build the JSON in the call: json!({...})"
+)]
 
 pub mod mock;
 
@@ -199,7 +203,7 @@ impl McpClient {
                     let Ok(v) = serde_json::from_str::<Value>(&line) else {
                         continue;
                     };
-                    if v.get("id").and_then(|i| i.as_u64()) == Some(id)
+                    if v.get("id").and_then(serde_json::Value::as_u64) == Some(id)
                         && (v.get("result").is_some() || v.get("error").is_some())
                     {
                         return v;
@@ -281,10 +285,12 @@ fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed) * 1_000_003
-        + std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as u64
+        + u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos(),
+        )
 }
 
 /// Polls `cond` every 20 ms until it holds or 10 s pass.

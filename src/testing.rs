@@ -51,10 +51,15 @@ pub fn seed_ledger(dir: &Path, events: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// One session: `calls` rounds of lease then commit on the ledger in `dir`.
+/// One session: `calls` rounds of lease, an upstream call of `upstream`
+/// (slept), then commit, on the ledger in `dir`, as a session's calls go.
 /// Returns each lease's latency in microseconds (the check-and-reserve
 /// transaction, waiting for other sessions included).
-pub fn lease_worker(dir: &Path, calls: usize) -> Result<Vec<u64>, String> {
+pub fn lease_worker(
+    dir: &Path,
+    calls: usize,
+    upstream: std::time::Duration,
+) -> Result<Vec<u64>, String> {
     let cat = catalog(dir)?;
     let now = || chrono::Utc::now().timestamp_millis();
     let store = SqliteStore::open(dir, now()).map_err(|e| e.to_string())?;
@@ -73,6 +78,7 @@ pub fn lease_worker(dir: &Path, calls: usize) -> Result<Vec<u64>, String> {
             .map_err(|e| crate::dispatch::texts::full(&e))?
             .map_err(|b| format!("refused: {b:?}"))?;
         latencies.push(t0.elapsed().as_micros() as u64);
+        std::thread::sleep(upstream);
         let rec = AttemptRecord {
             reached: true,
             need: Need::flat(320),
@@ -94,7 +100,7 @@ mod tests {
     fn a_worker_leases_on_a_seeded_ledger() {
         let dir = tempfile::tempdir().unwrap();
         super::seed_ledger(dir.path(), 1000).unwrap();
-        let lat = super::lease_worker(dir.path(), 5).unwrap();
+        let lat = super::lease_worker(dir.path(), 5, std::time::Duration::ZERO).unwrap();
         assert_eq!(lat.len(), 5);
     }
 }

@@ -673,10 +673,9 @@ fn load_located(
     let settings = resolve_settings(&doc.settings, &locate, &mut problems);
     let mut providers = Vec::new();
     for (id, value) in doc.providers {
-        match resolve_provider(&id, value, &settings, env_lookup, &locate) {
-            Ok(Some(p)) => providers.push(p),
-            Ok(None) => {}
-            Err(e) => problems.push(e),
+        if let Some(p) = resolve_provider(&id, value, &settings, env_lookup, &locate, &mut problems)
+        {
+            providers.push(p);
         }
     }
     Catalog {
@@ -886,17 +885,18 @@ fn resolve_settings(
     out
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "validates one provider's fields in file order, a few lines each"
-)]
+/// Validates one provider. A problem with the provider itself (its table,
+/// id, URL or auth) disables it; a problem with one of its entries (a key
+/// slot, a pool, a model, a reset) is reported and disables only that entry.
+/// Every problem goes to `problems`, so one pass shows them all.
 fn resolve_provider(
     id: &str,
     value: toml::Value,
     settings: &Settings,
     env_lookup: &dyn Fn(&str) -> Option<String>,
     locate: &dyn Fn(&str) -> (PathBuf, Option<usize>),
-) -> Result<Option<Provider>, ConfigError> {
+    problems: &mut Vec<ConfigError>,
+) -> Option<Provider> {
     let path = format!("providers.{id}");
     let err = |key: &str, message: String| {
         let full = if key.is_empty() {
@@ -912,173 +912,134 @@ fn resolve_provider(
         }
     };
     // Values are moved, not cloned, into their typed forms: this runs at every start.
-    let mut raw: ProviderFile = value
-        .try_into()
-        .map_err(|e: toml::de::Error| err("", e.message().trim().to_owned()))?;
+    let mut raw: ProviderFile = match value.try_into() {
+        Ok(raw) => raw,
+        Err(e) => {
+            let e: toml::de::Error = e;
+            problems.push(err(
+                &unknown_field(e.message()),
+                e.message().trim().to_owned(),
+            ));
+            return None;
+        }
+    };
     if !is_valid_id(id) {
-        return Err(err(
+        problems.push(err(
             "",
             "ids may use letters, digits, '-' and '_' only".into(),
         ));
+        return None;
     }
     if raw.enabled == Some(false) {
-        return Ok(None);
+        return None;
     }
-    let name = raw.name.clone().unwrap_or_else(|| id.to_owned());
-    let template = raw.base_url.clone().ok_or_else(|| {
-        err(
+    let Some(template) = raw.base_url.clone() else {
+        problems.push(err(
             "base_url",
             "missing (an OpenAI-compatible URL ending before /chat/completions)".into(),
-        )
-    })?;
+        ));
+        return None;
+    };
     let local = raw.local.unwrap_or(false);
-    check_url(&template, local).map_err(|m| err("base_url", m))?;
-    let (base_url, missing_vars) = fill_vars(&template, raw.vars.as_ref(), env_lookup);
+    if let Err(m) = check_url(&template, local) {
+        problems.push(err("base_url", m));
+        return None;
+    }
     let auth = match raw.auth.as_deref().unwrap_or("bearer") {
         "bearer" => Auth::Bearer,
         "optional" => Auth::Optional,
         "none" => Auth::None,
         other => {
-            return Err(err(
+            problems.push(err(
                 "auth",
                 format!("`{other}` is not one of bearer, optional, none"),
             ));
+            return None;
         }
     };
     if auth != Auth::Bearer && !settings.keyless && !local {
         // `[settings] keyless = false` turns every anonymous provider off.
-        return Ok(None);
+        return None;
     }
     let trains = raw.trains_on_prompts;
     if settings.exclude_training && trains == Some(true) {
-        return Ok(None);
+        return None;
     }
-    let mut keys = Vec::new();
-    for (i, k) in raw.keys.iter().flatten().enumerate() {
-        let slot = match (&k.value, &k.env, &k.command) {
-            (Some(v), None, None) => KeySlot {
-                source: KeySource::Literal,
-                key: Some(ApiKey::new(v)),
-                problem: None,
-            },
-            (None, Some(var), None) => env_slot(var, env_lookup),
-            (None, None, Some(cmd)) => KeySlot {
-                source: KeySource::Command(cmd.clone()),
-                key: None,
-                problem: None,
-            },
-            _ => {
-                return Err(err(
-                    &format!("keys[{i}]"),
-                    "give exactly one of value, env, command".into(),
+    let (base_url, missing_vars) = fill_vars(&template, raw.vars.as_ref(), env_lookup);
+    let keys = key_slots(&raw, env_lookup, &err, problems);
+    // A reset that does not parse falls back to rolling windows, the safe reading.
+    let mut reset = |key: &str, value: Option<&str>| {
+        parse_reset(value).unwrap_or_else(|m| {
+            problems.push(err(key, format!("{m}; using rolling windows")));
+            Reset::Rolling
+        })
+    };
+    let day_reset = reset("day_reset", raw.day_reset.as_deref());
+    let month_reset = reset("month_reset", raw.month_reset.as_deref());
+    let model_ids: Vec<String> = raw.models.keys().cloned().collect();
+    let mut pools = Vec::new();
+    for (pid, pv) in std::mem::take(&mut raw.pools) {
+        let pf: PoolFile = match pv.try_into() {
+            Ok(pf) => pf,
+            Err(e) => {
+                // A shared limit we cannot read could be overshot: the
+                // provider stays off until the pool is fixed.
+                let e: toml::de::Error = e;
+                problems.push(err(
+                    &format!("pools.{pid}"),
+                    format!(
+                        "{}; the provider stays off until this is fixed",
+                        e.message().trim()
+                    ),
                 ));
+                return None;
             }
         };
-        keys.push(slot);
-    }
-    for var in raw.key_env.iter().flatten() {
-        if !keys.iter().any(|k| k.source == KeySource::Env(var.clone())) {
-            keys.push(env_slot(var, env_lookup));
-        }
-    }
-    // Several env names for one provider are aliases (GEMINI_API_KEY and
-    // GOOGLE_API_KEY): keep one slot per distinct key.
-    let mut seen = Vec::new();
-    keys.retain(|k| match &k.key {
-        Some(key) if seen.contains(&key.fingerprint()) => false,
-        Some(key) => {
-            seen.push(key.fingerprint());
-            true
-        }
-        None => true,
-    });
-    let day_reset = parse_reset(raw.day_reset.as_deref()).map_err(|m| err("day_reset", m))?;
-    let month_reset = parse_reset(raw.month_reset.as_deref()).map_err(|m| err("month_reset", m))?;
-    let mut pools = Vec::new();
-    let model_ids: Vec<String> = raw.models.keys().cloned().collect();
-    for (pid, pv) in std::mem::take(&mut raw.pools) {
-        let pf: PoolFile = pv.try_into().map_err(|e: toml::de::Error| {
-            err(&format!("pools.{pid}"), e.message().trim().to_owned())
-        })?;
         let limits = limits_of(pf.limits.unwrap_or_default(), day_reset, month_reset);
         if limits.is_empty() {
-            return Err(err(
+            problems.push(err(
                 &format!("pools.{pid}.limits"),
-                "a pool needs at least one limit".into(),
+                "a pool needs at least one limit; it is left out".into(),
             ));
+            continue;
         }
-        if let Some(ms) = &pf.models
-            && let Some(unknown) = ms.iter().find(|m| !model_ids.contains(m))
-        {
-            return Err(err(
-                &format!("pools.{pid}.models"),
-                format!("`{unknown}` is not a model of this provider"),
-            ));
+        let mut covered = pf.models;
+        if let Some(ms) = covered.as_mut() {
+            for unknown in ms.iter().filter(|m| !model_ids.contains(m)) {
+                problems.push(err(
+                    &format!("pools.{pid}.models"),
+                    format!(
+                        "`{unknown}` is not a model of this provider{}",
+                        close_matches(unknown, model_ids.iter().map(String::as_str))
+                    ),
+                ));
+            }
+            ms.retain(|m| model_ids.contains(m));
         }
         pools.push(Pool {
             id: pid.clone(),
             limits,
-            models: pf.models,
+            models: covered,
         });
     }
     let mut models = Vec::new();
     for (mid, mv) in std::mem::take(&mut raw.models) {
-        let mpath = format!("models.\"{mid}\"");
-        let mf: ModelFile = mv
-            .try_into()
-            .map_err(|e: toml::de::Error| err(&mpath, e.message().trim().to_owned()))?;
-        if mf.enabled == Some(false) {
-            continue;
+        match resolve_model(&mid, mv, day_reset, month_reset) {
+            Ok(Some(m)) => models.push(m),
+            Ok(None) => {}
+            Err((key, message)) => problems.push(err(&key, message)),
         }
-        let context = mf.context.ok_or_else(|| {
-            err(
-                &format!("{mpath}.context"),
-                "missing (the context window in tokens)".into(),
-            )
-        })?;
-        if context < 256 {
-            return Err(err(
-                &format!("{mpath}.context"),
-                format!("{context} tokens is too small to be real"),
-            ));
-        }
-        let max_output = mf.max_output.unwrap_or((context / 4).min(8192));
-        if max_output == 0 || max_output > context {
-            return Err(err(
-                &format!("{mpath}.max_output"),
-                format!("{max_output} must be between 1 and the context window ({context})"),
-            ));
-        }
-        let tier = mf.tier.unwrap_or(3);
-        if !(1..=4).contains(&tier) {
-            return Err(err(
-                &format!("{mpath}.tier"),
-                format!("{tier} is not between 1 and 4"),
-            ));
-        }
-        models.push(Model {
-            id: mid.clone(),
-            name: mf.name.unwrap_or_else(|| mid.clone()),
-            family: mf.family.unwrap_or_else(|| mid.to_lowercase()),
-            context,
-            max_output,
-            tier,
-            tools: mf.tools.unwrap_or(false),
-            vision: mf.vision.unwrap_or(false),
-            priority: mf.priority.unwrap_or(0),
-            limits: limits_of(mf.limits.unwrap_or_default(), day_reset, month_reset),
-        });
     }
     if models.is_empty() {
-        return Ok(None);
+        return None;
     }
     let timeout = Duration::from_secs(raw.timeout_secs.unwrap_or(90));
     let first_byte_timeout = raw
         .first_byte_timeout_secs
         .map_or(timeout, Duration::from_secs);
-    Ok(Some(Provider {
+    Some(Provider {
         id: id.to_owned(),
-        name,
+        name: raw.name.unwrap_or_else(|| id.to_owned()),
         base_url,
         missing_vars,
         auth,
@@ -1098,6 +1059,171 @@ fn resolve_provider(
         pools,
         models,
         source: raw.source.unwrap_or_default(),
+    })
+}
+
+/// The key a deserialization error is about: `unknown field `x`` names `x`.
+fn unknown_field(message: &str) -> String {
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// " (did you mean `x`?)" for the closest of `known`, or nothing.
+fn close_matches<'a>(asked: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let mut best: Vec<(f64, &str)> = known
+        .map(|k| (strsim::jaro_winkler(asked, k), k))
+        .filter(|(score, _)| *score > 0.8)
+        .collect();
+    best.sort_by(|a, b| b.0.total_cmp(&a.0));
+    match best.first() {
+        Some((_, k)) => format!(" (did you mean `{k}`?)"),
+        None => String::new(),
+    }
+}
+
+/// The provider's key slots, in the order they are tried: `keys` entries,
+/// then `key_env` names. A bad entry is reported and left out.
+fn key_slots(
+    raw: &ProviderFile,
+    env_lookup: &dyn Fn(&str) -> Option<String>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+    problems: &mut Vec<ConfigError>,
+) -> Vec<KeySlot> {
+    let mut keys = Vec::new();
+    for (i, k) in raw.keys.iter().flatten().enumerate() {
+        let slot = match (&k.value, &k.env, &k.command) {
+            (Some(v), None, None) => KeySlot {
+                source: KeySource::Literal,
+                key: Some(ApiKey::new(v)),
+                problem: None,
+            },
+            (None, Some(var), None) => match check_var_name(var) {
+                Ok(()) => env_slot(var, env_lookup),
+                Err(why) => {
+                    problems.push(err(&format!("keys[{i}].env"), why));
+                    continue;
+                }
+            },
+            (None, None, Some(cmd)) => KeySlot {
+                source: KeySource::Command(cmd.clone()),
+                key: None,
+                problem: None,
+            },
+            _ => {
+                problems.push(err(
+                    &format!("keys[{i}]"),
+                    "give exactly one of value, env, command".into(),
+                ));
+                continue;
+            }
+        };
+        keys.push(slot);
+    }
+    for (i, var) in raw.key_env.iter().flatten().enumerate() {
+        if let Err(why) = check_var_name(var) {
+            problems.push(err(&format!("key_env[{i}]"), why));
+            continue;
+        }
+        if !keys.iter().any(|k| k.source == KeySource::Env(var.clone())) {
+            keys.push(env_slot(var, env_lookup));
+        }
+    }
+    // Several env names for one provider are aliases (GEMINI_API_KEY and
+    // GOOGLE_API_KEY): keep one slot per distinct key.
+    let mut seen = Vec::new();
+    keys.retain(|k| match &k.key {
+        Some(key) if seen.contains(&key.fingerprint()) => false,
+        Some(key) => {
+            seen.push(key.fingerprint());
+            true
+        }
+        None => true,
+    });
+    keys
+}
+
+/// Whether `var` can be the name of an environment variable, and is not a
+/// key pasted where its variable's name belongs. The value is never echoed:
+/// it may be the key itself.
+fn check_var_name(var: &str) -> Result<(), String> {
+    let is_name = !var.is_empty()
+        && var.len() <= 128
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !var.starts_with(|c: char| c.is_ascii_digit());
+    // Variable names are words in capitals (GROQ_API_KEY); keys are long runs
+    // of mixed letters and digits (gsk_8Hq...). Lowercase with digits, long: a key.
+    let lower = var.chars().filter(char::is_ascii_lowercase).count();
+    let digits = var.chars().filter(char::is_ascii_digit).count();
+    let looks_like_key = var.len() >= 20 && lower >= 4 && digits >= 2;
+    if is_name && !looks_like_key {
+        return Ok(());
+    }
+    Err(format!(
+        "this is not the name of an environment variable{} (its value is not shown); put the key in the environment, e.g. `export GROQ_API_KEY=...`, and name the variable here, or write it as keys = [{{ value = \"...\" }}] in a file only you can read",
+        if looks_like_key {
+            ": it looks like a key itself"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Validates one model; `Ok(None)` when it is turned off. An error names the key.
+fn resolve_model(
+    mid: &str,
+    mv: toml::Value,
+    day_reset: Reset,
+    month_reset: Reset,
+) -> Result<Option<Model>, (String, String)> {
+    let mpath = format!("models.\"{mid}\"");
+    let bad = |key: &str, message: String| {
+        let key = if key.is_empty() {
+            mpath.clone()
+        } else {
+            format!("{mpath}.{key}")
+        };
+        (key, format!("{message}; the model is left out"))
+    };
+    let mf: ModelFile = mv.try_into().map_err(|e: toml::de::Error| {
+        bad(&unknown_field(e.message()), e.message().trim().to_owned())
+    })?;
+    if mf.enabled == Some(false) {
+        return Ok(None);
+    }
+    let context = mf
+        .context
+        .ok_or_else(|| bad("context", "missing (the context window in tokens)".into()))?;
+    if context < 256 {
+        return Err(bad(
+            "context",
+            format!("{context} tokens is too small to be real"),
+        ));
+    }
+    let max_output = mf.max_output.unwrap_or((context / 4).min(8192));
+    if max_output == 0 || max_output > context {
+        return Err(bad(
+            "max_output",
+            format!("{max_output} must be between 1 and the context window ({context})"),
+        ));
+    }
+    let tier = mf.tier.unwrap_or(3);
+    if !(1..=4).contains(&tier) {
+        return Err(bad("tier", format!("{tier} is not between 1 and 4")));
+    }
+    Ok(Some(Model {
+        id: mid.to_owned(),
+        name: mf.name.unwrap_or_else(|| mid.to_owned()),
+        family: mf.family.unwrap_or_else(|| mid.to_lowercase()),
+        context,
+        max_output,
+        tier,
+        tools: mf.tools.unwrap_or(false),
+        vision: mf.vision.unwrap_or(false),
+        priority: mf.priority.unwrap_or(0),
+        limits: limits_of(mf.limits.unwrap_or_default(), day_reset, month_reset),
     }))
 }
 
@@ -1416,11 +1542,20 @@ context = 8192
         assert!(msg.contains("contxt"), "{msg}");
         assert!(msg.contains("providers.toml:"), "{msg}");
         assert!(msg.contains("providers.groq.models"), "{msg}");
+        let groq = cat
+            .provider("groq")
+            .expect("a bad model disables only itself");
         assert!(
-            cat.provider("groq").is_none(),
-            "the broken provider is dropped, not the rest"
+            !groq
+                .models
+                .iter()
+                .any(|m| m.id == "llama-3.3-70b-versatile")
         );
-        assert!(cat.provider("cerebras").is_some());
+        assert!(!groq.models.is_empty());
+        assert!(
+            msg.contains("providers.groq.models.\"llama-3.3-70b-versatile\".contxt"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1473,6 +1608,76 @@ context = 8192
         assert_eq!(
             cat.provider("cloudflare").unwrap().missing_vars,
             vec!["CLOUDFLARE_ACCOUNT_ID"]
+        );
+    }
+
+    #[test]
+    fn a_key_pasted_into_key_env_is_refused_without_echo() {
+        let key = "gsk_8Hq2mVb7Xz91LpQ4rT6nK3sW0yC5dF";
+        let cat = load_user(
+            &format!(
+                "[providers.mine]\nbase_url = \"https://llm.example/v1\"\nkey_env = [\"{key}\", \"MINE_KEY\"]\n[providers.mine.models.m]\ncontext = 8192\n"
+            ),
+            &|n| (n == "MINE_KEY").then(|| "from-env".to_owned()),
+        );
+        assert_eq!(cat.problems.len(), 1, "{:?}", cat.problems);
+        let msg = cat.problems[0].to_string();
+        assert!(msg.contains("providers.mine.key_env[0]"), "{msg}");
+        assert!(msg.contains("looks like a key itself"), "{msg}");
+        assert!(!msg.contains(&key[4..]), "the value is echoed: {msg}");
+        let mine = cat.provider("mine").unwrap();
+        assert_eq!(mine.usable_keys().count(), 1, "the good slot still serves");
+        // Names that are names pass, whatever their case.
+        for name in ["GROQ_API_KEY", "my_key", "CLOUDFLARE_API_TOKEN_2"] {
+            assert!(check_var_name(name).is_ok(), "{name}");
+        }
+        for bad in ["sk-abc", "has space", "1ABC", ""] {
+            assert!(check_var_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_pass() {
+        let cat = load_user(
+            r#"
+[providers.groq]
+day_reset = "Mars/Base"
+[providers.groq.models."openai/gpt-oss-120b"]
+tier = 9
+[providers.x]
+base_url = "ftp://nowhere"
+[providers.x.models.m]
+context = 4096
+[providers.y]
+base_url = "https://y.example/v1"
+[providers.y.pools.acct]
+limits = { rpm = 3 }
+models = ["m", "mm"]
+[providers.y.models.m]
+context = 4096
+"#,
+            &no_env,
+        );
+        let all: Vec<String> = cat.problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "providers.groq.day_reset",
+            "providers.groq.models.\"openai/gpt-oss-120b\".tier",
+            "providers.x.base_url",
+            "providers.y.pools.acct.models: `mm` is not a model of this provider (did you mean `m`?)",
+        ] {
+            assert!(
+                all.iter().any(|p| p.contains(want)),
+                "{want} not in {all:#?}"
+            );
+        }
+        assert!(
+            cat.provider("groq").is_some(),
+            "groq keeps its other models"
+        );
+        assert!(cat.provider("x").is_none());
+        assert_eq!(
+            cat.provider("y").unwrap().pools[0].models,
+            Some(vec!["m".to_owned()])
         );
     }
 

@@ -277,9 +277,18 @@ pub(crate) fn assess_now(
     config_value: Option<&str>,
     now: i64,
 ) -> Assessment {
+    assess_with(load(dir).as_ref(), env_value, config_value, now)
+}
+
+/// `assess_now` over a snapshot already read.
+pub(crate) fn assess_with(
+    snap: Option<&Snapshot>,
+    env_value: Option<&str>,
+    config_value: Option<&str>,
+    now: i64,
+) -> Assessment {
     let pinned = pinned_mode(env_value, config_value);
-    let snap = load(dir);
-    let mut a = assess(snap.as_ref(), pinned.clone().unwrap_or(None), now);
+    let mut a = assess(snap, pinned.clone().unwrap_or(None), now);
     if let Err(problem) = pinned {
         a.advice = format!("{problem}; ignoring it. {}", a.advice);
     }

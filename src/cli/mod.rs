@@ -165,8 +165,8 @@ fn state_of(cli: &Cli) -> PathBuf {
     cli.state_dir.clone().unwrap_or_else(config::state_dir)
 }
 
-/// The catalog being loaded ahead of time on its own thread.
-pub type Preload = std::thread::JoinHandle<config::Catalog>;
+/// The catalog (and the budget snapshot) being loaded ahead of time on its own thread.
+pub struct Preload(std::thread::JoinHandle<(config::Catalog, Option<crate::budget::Snapshot>)>);
 
 /// For the server, starts loading the catalog at once on another thread, so
 /// that it overlaps with setting up logging, the runtime and the MCP transport:
@@ -176,10 +176,16 @@ pub fn preload(cli: &Cli) -> Option<Preload> {
         return None;
     }
     let file = config_file(cli);
+    let state = state_of(cli);
     std::thread::Builder::new()
         .name("catalog".into())
-        .spawn(move || config::load(file.as_deref()))
+        .spawn(move || {
+            let catalog = config::load(file.as_deref());
+            let budget = crate::budget::load(&state);
+            (catalog, budget)
+        })
         .ok()
+        .map(Preload)
 }
 
 /// Runs the command; returns the exit code.
@@ -193,7 +199,7 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
         None | Some(Command::Serve) => {
             // The catalog may still be loading: the engine waits for it at first use.
             let engine = match preloaded {
-                Some(handle) => Engine::loading(handle, state_of(&cli)),
+                Some(Preload(handle)) => Engine::loading(handle, state_of(&cli)),
                 None => Engine::new(config::load(config_file(&cli).as_deref()), state_of(&cli)),
             };
             mcp::serve(Arc::new(engine)).await?;

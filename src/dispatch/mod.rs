@@ -175,6 +175,8 @@ pub(crate) struct Engine {
     rotation: AtomicU64,
     session: Option<String>,
     budget_env: Option<String>,
+    /// The budget snapshot read while the catalog loaded, for the first assessment.
+    first_budget: Arc<std::sync::Mutex<Option<Option<budget::Snapshot>>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -206,14 +208,29 @@ impl Engine {
         Engine::with_loader(Box::new(move || catalog), state_dir)
     }
 
-    /// An engine whose catalog is still loading on another thread: the first
-    /// use waits for it. The server starts this way so that the catalog loads
-    /// while the MCP transport starts.
-    pub(crate) fn loading(handle: std::thread::JoinHandle<Catalog>, state_dir: PathBuf) -> Engine {
-        Engine::with_loader(
-            Box::new(move || handle.join().unwrap_or_else(|_| failed_catalog())),
+    /// An engine whose catalog (and budget snapshot) is still loading on
+    /// another thread: the first use waits for it. The server starts this way
+    /// so that the catalog loads while the MCP transport starts.
+    pub(crate) fn loading(
+        handle: std::thread::JoinHandle<(Catalog, Option<budget::Snapshot>)>,
+        state_dir: PathBuf,
+    ) -> Engine {
+        let first_budget = Arc::new(std::sync::Mutex::new(None));
+        let slot = first_budget.clone();
+        let mut engine = Engine::with_loader(
+            Box::new(move || match handle.join() {
+                Ok((catalog, budget)) => {
+                    *slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(budget);
+                    catalog
+                }
+                Err(_) => failed_catalog(),
+            }),
             state_dir,
-        )
+        );
+        engine.first_budget = first_budget;
+        engine
     }
 
     fn with_loader(loader: CatalogLoader, state_dir: PathBuf) -> Engine {
@@ -237,6 +254,7 @@ impl Engine {
             ),
             session: crate::config::env::var(crate::config::env::SESSION_ID),
             budget_env: crate::config::env::var(crate::config::env::BUDGET_MODE),
+            first_budget: Arc::default(),
         }
     }
 
@@ -369,6 +387,27 @@ impl Engine {
         match tokio::task::spawn_blocking(read.clone()).await {
             Ok(a) => a,
             Err(_) => read(),
+        }
+    }
+
+    /// The budget at start: from the snapshot read while the catalog loaded
+    /// when there is one (no file read on the runtime thread before
+    /// `initialize` is answered), else as `budget`.
+    pub(crate) async fn budget_at_start(&self) -> Assessment {
+        let pinned = self.catalog().settings.budget_mode.clone();
+        let preloaded = self
+            .first_budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match preloaded {
+            Some(snap) => budget::assess_with(
+                snap.as_ref(),
+                self.budget_env.as_deref(),
+                pinned.as_deref(),
+                self.now() / 1000,
+            ),
+            None => self.budget().await,
         }
     }
 

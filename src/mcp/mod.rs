@@ -13,6 +13,7 @@
 //! Invariant: only this module knows rmcp and JSON-RPC.
 
 mod tools;
+mod transport;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -55,7 +56,7 @@ impl Server {
 
     /// The instructions sent at connect time: the rubric with live figures.
     async fn instructions(&self) -> String {
-        let b = self.engine.budget().await;
+        let b = self.engine.budget_at_start().await;
         let cat = self.engine.catalog();
         let snap = UsageSnapshot::default();
         let ceiling = match router::context_ceiling(cat, &snap, cat.settings.output_reserve) {
@@ -210,8 +211,9 @@ impl ServerHandler for Server {
 /// Serves MCP on stdin/stdout until the client goes away.
 pub(crate) async fn serve(engine: Arc<Engine>) -> Result<(), std::io::Error> {
     let server = Server::new(engine);
+    let (read, write) = rmcp::transport::stdio_pipes();
     let running = server
-        .serve(rmcp::transport::stdio_pipes())
+        .serve(transport::Lines::new(read, write))
         .await
         .map_err(std::io::Error::other)?;
     running.waiting().await.map_err(std::io::Error::other)?;

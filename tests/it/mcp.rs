@@ -212,7 +212,23 @@ fn protocol_errors_leave_the_server_up() {
     let sb = Sandbox::new();
     let mut c = sb.mcp();
     c.initialize();
+    // A line that is not JSON gets a parse error (id null), not silence.
     c.send_raw("this is not json");
+    let r = c.wait_for(|v| v["error"]["code"] == -32700, Duration::from_secs(10));
+    assert!(r["id"].is_null(), "{r}");
+    // A line over the 16 MiB limit is answered too, with the id it carried
+    // (at its end, where the MCP TypeScript SDK writes it).
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"tools/call\",\"params\":{{\"name\":\"delegate\",\"arguments\":{{\"prompt\":\"{}\"}}}},\"id\":77}}",
+        "x".repeat(17 * 1024 * 1024)
+    );
+    c.send_raw(&big);
+    let r = c.wait(77, Duration::from_secs(60));
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("16 MiB"),
+        "{r}"
+    );
     c.send_raw("{\"jsonrpc\":\"2.0\",\"id\":99,\"method\":\"no/such/method\"}");
     let r = c.wait(99, Duration::from_secs(10));
     assert!(r["error"].is_object(), "{r}");

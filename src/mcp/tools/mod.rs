@@ -5,6 +5,11 @@
 //! Arguments are checked against the derived schema before they are read, so
 //! every limit a schema states (`maxItems`, `maximum`, unknown properties) is
 //! the limit enforced, and an error names the argument, never its content.
+//!
+//! The schemas are derived from the `Args` structs (schemars) by a test, which
+//! keeps `schemas.json` equal to what the structs say; the server embeds that
+//! file, so no start pays for deriving what never changes at run time.
+//! After changing an `Args` struct: `FREEPOOL_BLESS=1 cargo test schemas`.
 
 mod claude_budget;
 mod delegate;
@@ -22,6 +27,9 @@ use serde_json::{Value, json};
 
 use super::Progress;
 use crate::dispatch::{Engine, LogFields};
+
+/// Every tool's argument schema, derived from its `Args` (see the module doc).
+const SCHEMAS: &str = include_str!("schemas.json");
 
 /// Largest result Claude Code accepts inline when a tool says so (`_meta`).
 pub(crate) const MAX_RESULT_CHARS: u64 = 100_000;
@@ -41,10 +49,11 @@ pub(crate) enum Tool {
     LogRouteDecision,
 }
 
-/// A tool's definition and its argument validator, built once.
+/// A tool's definition, built once; its argument validator is compiled at
+/// the tool's first call (compiling all five cost `tools/list` milliseconds).
 struct Built {
     tool: rmcp::model::Tool,
-    validator: Option<jsonschema::Validator>,
+    validator: OnceLock<Option<jsonschema::Validator>>,
 }
 
 impl Tool {
@@ -73,35 +82,53 @@ impl Tool {
         Tool::ALL.into_iter().find(|t| t.name() == name)
     }
 
+    /// The schema derived from the tool's argument type (tests keep
+    /// `schemas.json` equal to it).
+    #[cfg(test)]
+    fn derived_schema(self) -> JsonObject {
+        match self {
+            Tool::Delegate => schema_of::<delegate::Args>(),
+            Tool::Fanout => schema_of::<fanout::Args>(),
+            Tool::ListModels | Tool::ClaudeBudget => schema_of::<NoArgs>(),
+            Tool::LogRouteDecision => schema_of::<log_route_decision::Args>(),
+        }
+    }
+
+    /// The schema as embedded from `schemas.json`.
+    fn embedded_schema(self) -> JsonObject {
+        static ALL: OnceLock<JsonObject> = OnceLock::new();
+        let all = ALL.get_or_init(|| serde_json::from_str(SCHEMAS).unwrap_or_default());
+        all.get(self.name())
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_else(|| {
+                // Only a broken build gets here; the tests rule it out.
+                let mut closed = JsonObject::new();
+                closed.insert("type".into(), json!("object"));
+                closed
+            })
+    }
+
     fn build(self) -> Built {
-        let (description, schema, annotations, meta) = match self {
+        let (description, annotations, meta) = match self {
             Tool::Delegate => (
                 delegate::DESCRIPTION,
-                schema_of::<delegate::Args>(),
                 pool_call("Delegate to the free pool"),
                 Some(size_meta()),
             ),
             Tool::Fanout => (
                 fanout::DESCRIPTION,
-                schema_of::<fanout::Args>(),
                 pool_call("Fan out to the free pool"),
                 Some(size_meta()),
             ),
             Tool::ListModels => (
                 list_models::DESCRIPTION,
-                schema_of::<NoArgs>(),
                 read_only("List free models"),
                 None,
             ),
-            Tool::ClaudeBudget => (
-                claude_budget::DESCRIPTION,
-                schema_of::<NoArgs>(),
-                read_only("Claude budget"),
-                None,
-            ),
+            Tool::ClaudeBudget => (claude_budget::DESCRIPTION, read_only("Claude budget"), None),
             Tool::LogRouteDecision => (
                 log_route_decision::DESCRIPTION,
-                schema_of::<log_route_decision::Args>(),
                 ToolAnnotations::with_title("Log a routing decision")
                     .read_only(false)
                     .destructive(false)
@@ -110,15 +137,31 @@ impl Tool {
                 None,
             ),
         };
-        let validator = jsonschema::validator_for(&Value::Object(schema.clone()))
-            .map_err(|e| tracing::error!(tool = self.name(), "schema does not compile: {e}"))
-            .ok();
+        let schema = self.embedded_schema();
         let mut tool = rmcp::model::Tool::new(self.name(), description, Arc::new(schema))
             .with_annotations(annotations);
         if let Some(meta) = meta {
             tool = tool.with_meta(meta);
         }
-        Built { tool, validator }
+        Built {
+            tool,
+            validator: OnceLock::new(),
+        }
+    }
+
+    fn validator(self) -> Option<&'static jsonschema::Validator> {
+        let built = self.built();
+        built
+            .validator
+            .get_or_init(|| {
+                let schema = Value::Object((*built.tool.input_schema).clone());
+                jsonschema::validator_for(&schema)
+                    .map_err(|e| {
+                        tracing::error!(tool = self.name(), "schema does not compile: {e}")
+                    })
+                    .ok()
+            })
+            .as_ref()
     }
 
     fn built(self) -> &'static Built {
@@ -141,7 +184,7 @@ impl Tool {
         progress: Option<Progress>,
     ) -> Result<String, String> {
         let args = if args.is_null() { json!({}) } else { args };
-        if let Some(v) = &self.built().validator
+        if let Some(v) = self.validator()
             && let Some(first) = v.iter_errors(&args).next()
         {
             return Err(format!(
@@ -160,6 +203,7 @@ impl Tool {
 }
 
 /// Tools that take no arguments.
+#[cfg(test)]
 #[derive(Deserialize, JsonSchema)]
 struct NoArgs {}
 
@@ -195,6 +239,7 @@ fn parse<T: DeserializeOwned>(args: Value) -> Result<T, String> {
 
 /// The JSON schema of `T`, inlined and without what Claude need not read
 /// (every tool definition costs it input tokens at each session start).
+#[cfg(test)]
 fn schema_of<T: JsonSchema>() -> JsonObject {
     let settings = schemars::generate::SchemaSettings::draft2020_12().with(|s| {
         s.inline_subschemas = true;
@@ -215,6 +260,7 @@ fn schema_of<T: JsonSchema>() -> JsonObject {
 
 /// Drops `$schema`, titles and integer formats, and closes every object to
 /// unknown properties (Claude Code passes unlisted arguments through).
+#[cfg(test)]
 fn tidy(v: &mut Value) {
     match v {
         Value::Object(m) => {
@@ -349,6 +395,27 @@ fn size_meta() -> MetaObject {
 mod tests {
     use super::*;
 
+    /// `schemas.json` says what the `Args` structs say; with
+    /// `FREEPOOL_BLESS=1` the test rewrites it instead of failing.
+    #[test]
+    fn schemas_json_matches_the_argument_types() {
+        let mut derived = JsonObject::new();
+        for t in Tool::ALL {
+            derived.insert(t.name().into(), Value::Object(t.derived_schema()));
+        }
+        let text = serde_json::to_string_pretty(&derived).unwrap() + "\n";
+        if text != SCHEMAS {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/mcp/tools/schemas.json");
+            if std::env::var_os("FREEPOOL_BLESS").is_some() {
+                std::fs::write(path, &text).unwrap();
+            } else {
+                panic!(
+                    "{path} is out of date with the Args structs; run FREEPOOL_BLESS=1 cargo test schemas"
+                );
+            }
+        }
+    }
+
     #[test]
     fn schemas_are_closed_objects_and_descriptions_fit() {
         let names: Vec<&str> = Tool::ALL.iter().map(|t| t.name()).collect();
@@ -377,7 +444,7 @@ mod tests {
             assert!(!d.input_schema.contains_key("anyOf"), "{}", d.name);
             assert!(d.description.as_ref().unwrap().len() < 2048, "{}", d.name);
             assert!(d.annotations.is_some(), "{}", d.name);
-            assert!(t.built().validator.is_some(), "{}", d.name);
+            assert!(t.validator().is_some(), "{}", d.name);
         }
         let fanout = Tool::Fanout.definition();
         let tasks = &fanout.input_schema["properties"]["tasks"];
@@ -391,14 +458,7 @@ mod tests {
     }
 
     fn check(tool: Tool, args: &Value) -> Result<(), String> {
-        match tool
-            .built()
-            .validator
-            .as_ref()
-            .unwrap()
-            .iter_errors(args)
-            .next()
-        {
+        match tool.validator().unwrap().iter_errors(args).next() {
             None => Ok(()),
             Some(e) => Err(describe(&e, &tool.built().tool)),
         }

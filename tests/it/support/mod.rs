@@ -7,6 +7,7 @@
     reason = "callers build the JSON in the call: json!({...})"
 )]
 
+pub mod hostile;
 pub mod mock;
 
 use std::io::{BufRead, BufReader, Write};
@@ -219,6 +220,27 @@ impl McpClient {
                 Err(RecvTimeoutError::Disconnected) => {
                     panic!("server closed stdout; stderr:\n{}", self.stderr())
                 }
+            }
+        }
+    }
+
+    /// Waits for a line that satisfies `pred` (an answer with no id, say).
+    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && pred(&v)
+                    {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "no such line within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                ),
             }
         }
     }

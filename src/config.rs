@@ -41,6 +41,8 @@ pub mod env {
     pub const LOG: &str = "FREEPOOL_LOG";
     /// Set by Claude Code for each session it spawns us in.
     pub const SESSION_ID: &str = "CLAUDE_CODE_SESSION_ID";
+    /// Set by Claude Code: the project the session works in (the first root for files).
+    pub const PROJECT_DIR: &str = "CLAUDE_PROJECT_DIR";
 
     /// A variable's value; set but empty (or blank) reads as unset, as a
     /// shell user means by `VAR=`.
@@ -93,6 +95,9 @@ pub struct SettingsFile {
     fanout_concurrency: Option<u32>,
     fanout_max_concurrency: Option<u32>,
     fanout_max_chars_per_task: Option<usize>,
+    project_roots: Option<Vec<String>>,
+    max_file_bytes: Option<u64>,
+    deny_files: Option<Vec<String>>,
 }
 
 /// `[providers.ID]` as written.
@@ -195,6 +200,12 @@ pub struct Settings {
     pub fanout_max_concurrency: u32,
     /// Answer text kept per fanout task (the rest is cut, with a marker).
     pub fanout_max_chars_per_task: usize,
+    /// Folders besides the project directory whose files a call may read or write.
+    pub project_roots: Vec<PathBuf>,
+    /// The largest file a call may read.
+    pub max_file_bytes: u64,
+    /// File name patterns never read or written, beside the built-in deny list.
+    pub deny_files: Vec<String>,
 }
 
 impl Default for Settings {
@@ -210,6 +221,9 @@ impl Default for Settings {
             fanout_concurrency: 4,
             fanout_max_concurrency: 16,
             fanout_max_chars_per_task: 8000,
+            project_roots: Vec::new(),
+            max_file_bytes: 1_000_000,
+            deny_files: Vec::new(),
         }
     }
 }
@@ -809,7 +823,10 @@ pub fn merge(base: &mut CatalogFile, top: CatalogFile) {
         max_wait_secs,
         fanout_concurrency,
         fanout_max_concurrency,
-        fanout_max_chars_per_task
+        fanout_max_chars_per_task,
+        project_roots,
+        max_file_bytes,
+        deny_files
     );
     for (id, value) in top.providers {
         match base.providers.get_mut(&id) {
@@ -858,6 +875,14 @@ fn resolve_settings(
         fanout_max_chars_per_task: s
             .fanout_max_chars_per_task
             .unwrap_or(d.fanout_max_chars_per_task),
+        project_roots: s
+            .project_roots
+            .iter()
+            .flatten()
+            .map(|r| expand_home(r))
+            .collect(),
+        max_file_bytes: s.max_file_bytes.unwrap_or(d.max_file_bytes),
+        deny_files: s.deny_files.clone().unwrap_or_default(),
     };
     let mut bad = |key: &str, msg: &str| {
         let (origin, line) = locate(&format!("settings.{key}"));
@@ -1336,6 +1361,14 @@ fn limits_of(l: LimitsFile, day: Reset, month: Reset) -> Vec<Limit> {
             })
         })
         .collect()
+}
+
+/// A path from the config, with a leading `~/` read as the home directory.
+fn expand_home(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), directories::BaseDirs::new()) {
+        (Some(rest), Some(dirs)) => dirs.home_dir().join(rest),
+        _ => PathBuf::from(p),
+    }
 }
 
 /// Where state lives: `$FREEPOOL_STATE_DIR` (when not empty), else the platform data dir.

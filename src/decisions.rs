@@ -64,6 +64,14 @@ pub(crate) struct Decision {
     pub(crate) via: String,
     /// The budget mode at the time.
     pub(crate) budget_mode: Option<String>,
+    /// Claude tokens of the files sent with the task (never their content).
+    pub(crate) files_tokens: Option<i64>,
+    /// Tokens the pool processed (prompt and answer, as the provider counted).
+    pub(crate) pool_tokens: Option<i64>,
+    /// Bytes the answer wrote to a file.
+    pub(crate) bytes_written: Option<i64>,
+    /// Claude tokens the call saved (input-token equivalents).
+    pub(crate) saved_tokens: Option<i64>,
 }
 
 /// A stored decision.
@@ -109,22 +117,52 @@ impl Log {
             conn.busy_timeout(Duration::from_secs(10))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
-            conn.execute_batch(
-                "CREATE TABLE IF NOT EXISTS decisions (
-                    id INTEGER PRIMARY KEY,
-                    ts INTEGER NOT NULL,
-                    session TEXT,
-                    gist TEXT NOT NULL,
-                    route TEXT NOT NULL,
-                    score INTEGER,
-                    task_type TEXT,
-                    gate TEXT,
-                    model TEXT,
-                    outcome TEXT,
-                    via TEXT NOT NULL,
-                    budget_mode TEXT
-                );",
-            )
+            // One transaction, so processes opening the log together do not
+            // both add a column the first one already added.
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let done = (|| {
+                conn.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS decisions (
+                        id INTEGER PRIMARY KEY,
+                        ts INTEGER NOT NULL,
+                        session TEXT,
+                        gist TEXT NOT NULL,
+                        route TEXT NOT NULL,
+                        score INTEGER,
+                        task_type TEXT,
+                        gate TEXT,
+                        model TEXT,
+                        outcome TEXT,
+                        via TEXT NOT NULL,
+                        budget_mode TEXT
+                    );",
+                )?;
+                // Columns added since the first version of the file.
+                let mut stmt = conn.prepare("PRAGMA table_info(decisions)")?;
+                let have: Vec<String> = stmt
+                    .query_map([], |r| r.get(1))?
+                    .collect::<Result<_, _>>()?;
+                for column in [
+                    "files_tokens",
+                    "pool_tokens",
+                    "bytes_written",
+                    "saved_tokens",
+                ] {
+                    if !have.iter().any(|h| h == column) {
+                        conn.execute_batch(&format!(
+                            "ALTER TABLE decisions ADD COLUMN {column} INTEGER"
+                        ))?;
+                    }
+                }
+                Ok(())
+            })();
+            match done {
+                Ok(()) => conn.execute_batch("COMMIT"),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
         };
         setup().map_err(|e| unwritable(e.to_string()))?;
         Ok(Log {
@@ -146,9 +184,11 @@ impl Log {
         let gist: String = d.gist.chars().take(MAX_GIST).collect();
         self.with(|c| {
             c.execute(
-                "INSERT INTO decisions (ts, session, gist, route, score, task_type, gate, model, outcome, via, budget_mode)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![ts, self.session, gist, d.route, d.score, d.task_type, d.gate, d.model, d.outcome, d.via, d.budget_mode],
+                "INSERT INTO decisions (ts, session, gist, route, score, task_type, gate, model, outcome, via, budget_mode,
+                                        files_tokens, pool_tokens, bytes_written, saved_tokens)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                params![ts, self.session, gist, d.route, d.score, d.task_type, d.gate, d.model, d.outcome, d.via, d.budget_mode,
+                        d.files_tokens, d.pool_tokens, d.bytes_written, d.saved_tokens],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -179,7 +219,9 @@ impl Log {
     }
 }
 
-const SELECT: &str = "SELECT id, ts, session, gist, route, score, task_type, gate, model, outcome, via, budget_mode FROM decisions";
+const SELECT: &str =
+    "SELECT id, ts, session, gist, route, score, task_type, gate, model, outcome, via, budget_mode,
+                             files_tokens, pool_tokens, bytes_written, saved_tokens FROM decisions";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -196,6 +238,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
             outcome: r.get(9)?,
             via: r.get(10)?,
             budget_mode: r.get(11)?,
+            files_tokens: r.get(12)?,
+            pool_tokens: r.get(13)?,
+            bytes_written: r.get(14)?,
+            saved_tokens: r.get(15)?,
         },
     })
 }
@@ -217,6 +263,45 @@ pub(crate) struct Stats {
     pub(crate) acceptance: Vec<(String, usize, usize)>,
     /// How often the capability gate kept a task on Claude.
     pub(crate) capability_hits: usize,
+    /// What delegation did, over everything logged.
+    pub(crate) overall: Totals,
+    /// The same per day (UTC), oldest first.
+    pub(crate) days: Vec<(String, Totals)>,
+}
+
+/// What delegation did over some span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Totals {
+    /// Tasks the pool answered.
+    pub(crate) delegated: usize,
+    /// Tasks the pool could not answer.
+    pub(crate) failed: usize,
+    /// Tokens the pool processed (prompts and answers, as the providers counted).
+    pub(crate) pool_tokens: i64,
+    /// Claude tokens avoided (input-token equivalents).
+    pub(crate) claude_tokens_saved: i64,
+    /// Answers Claude reported as accepted.
+    pub(crate) accepted: usize,
+    /// Answers Claude reported it redid.
+    pub(crate) redone: usize,
+}
+
+impl Totals {
+    fn add(&mut self, d: &Decision) {
+        if d.route != "pool" || d.gate.is_some() {
+            return;
+        }
+        match d.outcome.as_deref() {
+            Some("failed") if d.model.is_none() => self.failed += 1,
+            outcome => {
+                self.delegated += 1;
+                self.accepted += usize::from(outcome == Some("accepted"));
+                self.redone += usize::from(outcome == Some("redone"));
+            }
+        }
+        self.pool_tokens += d.pool_tokens.unwrap_or(0);
+        self.claude_tokens_saved += d.saved_tokens.unwrap_or(0);
+    }
 }
 
 fn band(score: Option<u8>) -> &'static str {
@@ -274,6 +359,20 @@ pub(crate) fn stats(rows: &[Row]) -> Stats {
             .iter()
             .filter(|r| d(r).gate.as_deref() == Some("capability"))
             .count(),
+        overall: rows.iter().fold(Totals::default(), |mut t, r| {
+            t.add(&r.decision);
+            t
+        }),
+        days: {
+            let mut days = std::collections::BTreeMap::<String, Totals>::new();
+            for r in rows {
+                let day = crate::quota::iso(r.ts / 1000).chars().take(10).collect();
+                days.entry(day).or_default().add(&r.decision);
+            }
+            days.into_iter()
+                .filter(|(_, t)| *t != Totals::default())
+                .collect()
+        },
     }
 }
 
@@ -302,9 +401,11 @@ pub(crate) struct Example<'a> {
     pub(crate) budget_mode: Option<&'a str>,
 }
 
-/// Rows as dataset examples.
+/// Rows as dataset examples: the decisions that describe their task (a
+/// pool call logged without a gist counts in the totals, not in the dataset).
 pub(crate) fn examples(rows: &[Row]) -> Vec<Example<'_>> {
     rows.iter()
+        .filter(|r| !r.decision.gist.is_empty())
         .map(|r| Example {
             id: r.id,
             time: crate::quota::iso(r.ts / 1000),

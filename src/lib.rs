@@ -55,3 +55,4 @@ mod store;
 #[doc(hidden)]
 pub mod testing;
 mod upstream;
+mod workspace;

@@ -61,6 +61,15 @@ pub enum Command {
         /// Cap on the answer's tokens.
         #[arg(long)]
         max_tokens: Option<u32>,
+        /// A project file to send along: a path, a glob or path:first-last (repeatable).
+        #[arg(long = "file", short = 'f', value_name = "SPEC")]
+        files: Vec<String>,
+        /// Write the answer to this file instead of printing it.
+        #[arg(long, value_name = "PATH")]
+        write_to: Option<String>,
+        /// With --write-to, replace the file if it exists.
+        #[arg(long, requires = "write_to")]
+        overwrite: bool,
     },
     /// Validate the configuration and keys. Sends nothing unless --probe.
     Check {
@@ -216,14 +225,20 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
             model,
             system,
             max_tokens,
+            files,
+            write_to,
+            overwrite,
         }) => {
             let req = DelegateRequest {
                 prompt: prompt.clone(),
                 system: system.clone(),
                 model: model.clone(),
                 max_tokens: *max_tokens,
-                temperature: None,
-                log: None,
+                files: files.clone(),
+                write_to: write_to.clone(),
+                overwrite: *overwrite,
+                via: "cli",
+                ..DelegateRequest::default()
             };
             delegate(&cli, req).await
         }
@@ -262,8 +277,13 @@ async fn delegate(cli: &Cli, mut req: DelegateRequest) -> anyhow::Result<i32> {
     };
     match engine.delegate(req, &note).await {
         Ok(s) => {
-            out(s.text.trim_end())?;
-            out("\n")?;
+            match &s.wrote {
+                Some(w) => eprintln!("{}", texts::wrote_line(w)),
+                None => {
+                    out(s.text.trim_end())?;
+                    out("\n")?;
+                }
+            }
             eprintln!("{}", texts::provenance(&s));
             Ok(0)
         }
@@ -290,11 +310,41 @@ async fn status(cli: &Cli, json: bool, clear: Option<&str>) -> anyhow::Result<i3
     let catalog = engine.resolved_catalog().await;
     let snap = engine.snapshot(&catalog).await.map_err(failed)?;
     let report = status::report(&catalog, &snap, &store.location());
+    // What delegation did today and overall, from the decision log.
+    let stats = engine
+        .with_log(|l| l.all())
+        .await
+        .map(|rows| decisions::stats(&rows))
+        .ok();
+    let today = crate::quota::iso(engine.now() / 1000)
+        .chars()
+        .take(10)
+        .collect::<String>();
+    let delegation = stats.as_ref().map(|s| {
+        let day = s
+            .days
+            .iter()
+            .find(|(d, _)| *d == today)
+            .map(|(_, t)| *t)
+            .unwrap_or_default();
+        serde_json::json!({"today": day, "overall": s.overall})
+    });
     if json {
-        out(&serde_json::to_string_pretty(&report)?)?;
+        let mut v = serde_json::to_value(&report)?;
+        v["delegation"] = delegation.unwrap_or(serde_json::Value::Null);
+        out(&serde_json::to_string_pretty(&v)?)?;
         out("\n")?;
     } else {
         out(&status::report_text(&report))?;
+        if let Some(s) = &stats {
+            let today_row: Vec<(String, decisions::Totals)> = s
+                .days
+                .iter()
+                .filter(|(d, _)| *d == today)
+                .cloned()
+                .collect();
+            out(&delegation_text(&s.overall, &today_row))?;
+        }
     }
     Ok(0)
 }
@@ -393,7 +443,31 @@ fn stats_text(s: &decisions::Stats) -> String {
             100.0 * *a as f64 / (*j).max(1) as f64
         );
     }
-    let _ = write!(out, "\ncapability-gate hits: {}\n", s.capability_hits);
+    let _ = writeln!(out, "\ncapability-gate hits: {}", s.capability_hits);
+    out.push_str(&delegation_text(&s.overall, &s.days));
+    out
+}
+
+/// What delegation did: per day (the last 14) and overall.
+fn delegation_text(overall: &decisions::Totals, days: &[(String, decisions::Totals)]) -> String {
+    let mut out = String::from(
+        "\ndelegation (tokens the pool processed; Claude tokens saved, input-token equivalents):\n",
+    );
+    let _ = writeln!(
+        out,
+        "  {:<12} {:>9} {:>7} {:>13} {:>13} {:>9} {:>7}",
+        "day", "delegated", "failed", "pool tokens", "Claude saved", "accepted", "redone"
+    );
+    let row = |label: &str, t: &decisions::Totals| {
+        format!(
+            "  {label:<12} {:>9} {:>7} {:>13} {:>13} {:>9} {:>7}\n",
+            t.delegated, t.failed, t.pool_tokens, t.claude_tokens_saved, t.accepted, t.redone
+        )
+    };
+    for (day, t) in days.iter().rev().take(14).rev() {
+        out.push_str(&row(day, t));
+    }
+    out.push_str(&row("overall", overall));
     out
 }
 

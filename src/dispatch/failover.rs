@@ -193,6 +193,9 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
                     truncated: done.finish_reason.as_deref() == Some("length"),
                     trains_on_prompts: cand.provider.trains_on_prompts,
                     decision_id: None,
+                    files: Vec::new(),
+                    wrote: None,
+                    saved: 0,
                 });
             }
             Err(err) => {

@@ -100,52 +100,41 @@ impl Engine {
         results.into_iter().flatten().collect()
     }
 
+    /// One task, through the same path as `delegate` (files, gate, write,
+    /// decision log), its result cut to the task's share of the whole.
     async fn fanout_one(&self, task: Task, cap: usize) -> TaskResult {
         let started = self.now();
         let id = task.id.clone();
         let mut req = task.request;
+        req.via = "fanout";
         if let Some(l) = req.log.as_mut() {
             l.gist.get_or_insert_with(|| format!("fanout task {id}"));
         }
-        let log = req.log.clone();
-        let findings = Self::scan(&[
-            ("prompt", &req.prompt),
-            ("system", req.system.as_deref().unwrap_or("")),
-        ]);
-        if !findings.is_empty() {
-            let kinds: Vec<&str> = findings.iter().map(|(_, f)| f.rule).collect();
-            self.record_refusal(log.as_ref(), &kinds, "fanout").await;
-            let err = Error::Refused { findings };
-            return TaskResult {
-                id,
-                status: TaskStatus::Refused,
-                text: None,
-                model: None,
-                reason: Some(err.to_string()),
-                tokens: None,
-                attempts: 0,
-                latency_ms: 0,
-            };
-        }
-        let result = self.run(&req, &|_| {}).await;
-        if let Some(f) = log.as_ref().filter(|l| l.score.is_some()) {
-            let (model, outcome) = match &result {
-                Ok(s) => (Some(s.model.clone()), None),
-                Err(_) => (None, Some("failed".into())),
-            };
-            self.record_pool_decision(f, model, outcome, "fanout").await;
-        }
+        let result = self.delegate(req, &|_| {}).await;
         let latency_ms = (self.now() - started).max(0) as u64;
         match result {
             Ok(s) => TaskResult {
                 id,
                 status: TaskStatus::Ok,
-                text: Some(texts::cut(s.text, cap, "; use delegate for long answers")),
+                text: Some(match &s.wrote {
+                    Some(w) => texts::wrote_line(w),
+                    None => texts::cut(s.text, cap, "; use delegate for long answers"),
+                }),
                 model: Some(s.model),
                 reason: None,
                 tokens: Some(s.prompt_tokens + s.completion_tokens),
                 attempts: s.attempts.len(),
                 latency_ms,
+            },
+            Err(e @ Error::Refused { .. }) => TaskResult {
+                id,
+                status: TaskStatus::Refused,
+                text: None,
+                model: None,
+                reason: Some(e.to_string()),
+                tokens: None,
+                attempts: 0,
+                latency_ms: 0,
             },
             Err(e) => TaskResult {
                 id,

@@ -15,6 +15,7 @@
 
 pub(crate) mod failover;
 mod fanout;
+mod savings;
 mod seams;
 pub(crate) mod texts;
 
@@ -35,6 +36,7 @@ use crate::quota::{Millis, UsageSnapshot};
 use crate::router::{self, Rejection, UnknownModel};
 use crate::store::{self, SharedStore, sqlite::SqliteStore};
 use crate::upstream::ChatRequest;
+use crate::workspace::{self, Chunk, Refusal, Workspace};
 
 /// A delegate call, as a face hands it over.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +53,27 @@ pub(crate) struct DelegateRequest {
     pub(crate) temperature: Option<f32>,
     /// Optional decision-log fields.
     pub(crate) log: Option<LogFields>,
+    /// Project files to send with the prompt: paths, globs, `path:first-last`.
+    pub(crate) files: Vec<String>,
+    /// Where to write the answer, relative to the project root.
+    pub(crate) write_to: Option<String>,
+    /// Whether `write_to` may replace an existing file.
+    pub(crate) overwrite: bool,
+    /// Who asked: `delegate`, `fanout` or `cli` (the decision log's `via`).
+    pub(crate) via: &'static str,
+}
+
+/// Where an answer went, when it went to a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Wrote {
+    /// The path relative to the project root.
+    pub(crate) path: String,
+    /// Bytes written.
+    pub(crate) bytes: usize,
+    /// Lines written.
+    pub(crate) lines: usize,
+    /// Whether it replaced a file.
+    pub(crate) replaced: bool,
 }
 
 /// What the caller tells us to log about the task (never the prompt).
@@ -100,6 +123,12 @@ pub(crate) struct Served {
     pub(crate) trains_on_prompts: Option<bool>,
     /// The decision logged for this call, if any.
     pub(crate) decision_id: Option<i64>,
+    /// The files sent with the prompt, as labelled for the worker.
+    pub(crate) files: Vec<String>,
+    /// Where the answer was written, if it was.
+    pub(crate) wrote: Option<Wrote>,
+    /// Claude tokens this call saved (see `savings`).
+    pub(crate) saved: i64,
 }
 
 /// Why a call did not produce an answer.
@@ -114,6 +143,20 @@ pub(crate) enum Error {
     /// The model name matches nothing.
     #[error(transparent)]
     UnknownModel(#[from] UnknownModel),
+    /// A file could not be read, or the answer could not be written there.
+    #[error("files: {0}")]
+    Files(#[from] Refusal),
+    /// The answer came, but writing it failed: it is handed back whole.
+    #[error(
+        "the answer could not be written to {}; here it is instead:\n{answer}",
+        refusal
+    )]
+    WriteFailed {
+        /// Why.
+        refusal: Refusal,
+        /// The answer.
+        answer: String,
+    },
     /// Bad arguments.
     #[error("{0}")]
     Invalid(String),
@@ -175,6 +218,12 @@ pub(crate) struct Engine {
     rotation: AtomicU64,
     session: Option<String>,
     budget_env: Option<String>,
+    /// The project directory (Claude Code's `CLAUDE_PROJECT_DIR`, else where we started).
+    project_dir: Option<PathBuf>,
+    /// Roots the client named (MCP `roots`), beside the project and the config's.
+    client_roots: std::sync::Mutex<Vec<PathBuf>>,
+    /// The workspace over all roots, built on first use.
+    workspace: std::sync::Mutex<Option<Arc<Workspace>>>,
     /// The budget snapshot read while the catalog loaded, for the first assessment.
     first_budget: Arc<std::sync::Mutex<Option<Option<budget::Snapshot>>>>,
 }
@@ -254,6 +303,11 @@ impl Engine {
             ),
             session: crate::config::env::var(crate::config::env::SESSION_ID),
             budget_env: crate::config::env::var(crate::config::env::BUDGET_MODE),
+            project_dir: crate::config::env::var(crate::config::env::PROJECT_DIR)
+                .map(PathBuf::from)
+                .or_else(|| std::env::current_dir().ok()),
+            client_roots: std::sync::Mutex::default(),
+            workspace: std::sync::Mutex::default(),
             first_budget: Arc::default(),
         }
     }
@@ -424,59 +478,162 @@ impl Engine {
         Ok(store.snapshot(catalog.clone(), usable, self.now()).await?)
     }
 
-    /// Scans every outgoing text; returns the findings with the field they were in.
-    pub(crate) fn scan(fields: &[(&str, &str)]) -> Vec<(String, Finding)> {
+    /// Scans every outgoing text: the prompt, the system prompt and each
+    /// file; returns the findings with where they were (a file's own line).
+    pub(crate) fn scan(req: &DelegateRequest, chunks: &[Chunk]) -> Vec<(String, Finding)> {
+        let fields = [("prompt".to_owned(), req.prompt.as_str(), 0)]
+            .into_iter()
+            .chain(req.system.as_deref().map(|s| ("system".to_owned(), s, 0)))
+            .chain(chunks.iter().map(|c| {
+                let offset = c.lines.map_or(0, |(first, _)| first - 1);
+                (c.path.clone(), c.text.as_str(), offset)
+            }));
         fields
-            .iter()
-            .flat_map(|(name, text)| {
-                gate::scan(text)
-                    .into_iter()
-                    .map(move |f| ((*name).to_owned(), f))
+            .flat_map(|(name, text, offset)| {
+                gate::scan(text).into_iter().map(move |mut f| {
+                    f.line += offset;
+                    (name.clone(), f)
+                })
             })
             .collect()
     }
 
-    /// Runs one completion through the pool, logging the decision when asked.
+    /// Tells the engine the roots the client named (MCP `roots`).
+    pub(crate) fn set_client_roots(&self, roots: Vec<PathBuf>) {
+        *self
+            .client_roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = roots;
+        *self
+            .workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// The workspace: the project dir, the config's roots, the client's.
+    fn workspace(&self) -> Arc<Workspace> {
+        let mut slot = self
+            .workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(w) = slot.as_ref() {
+            return w.clone();
+        }
+        let settings = &self.catalog().settings;
+        let roots: Vec<PathBuf> = self
+            .project_dir
+            .iter()
+            .cloned()
+            .chain(settings.project_roots.iter().cloned())
+            .chain(
+                self.client_roots
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .cloned(),
+            )
+            .collect();
+        let w = Arc::new(Workspace::new(
+            &roots,
+            settings.max_file_bytes,
+            &settings.deny_files,
+        ));
+        *slot = Some(w.clone());
+        w
+    }
+
+    /// Runs `f` on the workspace, on the blocking pool.
+    async fn on_files<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Workspace) -> Result<T, Refusal> + Send + 'static,
+    ) -> Result<T, Error> {
+        let ws = self.workspace();
+        tokio::task::spawn_blocking(move || f(&ws))
+            .await
+            .map_err(|_| Error::Invalid("reading the project files stopped unexpectedly".into()))?
+            .map_err(Error::Files)
+    }
+
+    /// Runs one task through the pool: reads its files, gates every text,
+    /// runs the failover loop, writes the answer where asked, and logs the
+    /// pool call with what it saved.
     pub(crate) async fn delegate(
         &self,
         req: DelegateRequest,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<Served, Error> {
-        let findings = Self::scan(&[
-            ("prompt", &req.prompt),
-            ("system", req.system.as_deref().unwrap_or("")),
-        ]);
+        let chunks = if req.files.is_empty() {
+            Vec::new()
+        } else {
+            let specs = req.files.clone();
+            self.on_files(move |w| w.read(&specs)).await?
+        };
+        let findings = Self::scan(&req, &chunks);
         if !findings.is_empty() {
             let kinds: Vec<&str> = findings.iter().map(|(_, f)| f.rule).collect();
-            self.record_refusal(req.log.as_ref(), &kinds, "delegate")
-                .await;
+            self.record_refusal(req.log.as_ref(), &kinds, req.via).await;
             return Err(Error::Refused { findings });
         }
-        let result = self.run(&req, progress).await;
-        if let Some(fields) = req
-            .log
-            .as_ref()
-            .filter(|l| l.gist.is_some() || l.score.is_some())
-        {
-            let (model, outcome) = match &result {
-                Ok(s) => (Some(s.model.clone()), None),
-                Err(_) => (None, Some("failed".to_owned())),
-            };
-            let id = self
-                .record_pool_decision(fields, model, outcome, "delegate")
-                .await;
-            return result.map(|mut s| {
-                s.decision_id = id;
-                s
+        // A destination that would be refused is refused before any quota is spent.
+        if let Some(path) = req.write_to.clone() {
+            let overwrite = req.overwrite;
+            self.on_files(move |w| w.check_target(&path, overwrite))
+                .await?;
+        }
+        let prompt = workspace::prompt_with(&req.prompt, &chunks);
+        let mut result = self.run(&req, prompt, progress).await;
+        if let (Ok(s), Some(path)) = (&mut result, req.write_to.clone()) {
+            match self.write_answer(s, path, req.overwrite).await {
+                Ok(wrote) => s.wrote = Some(wrote),
+                Err(e) => result = Err(e),
+            }
+        }
+        if let Ok(s) = &mut result {
+            s.files = chunks.iter().map(Chunk::label).collect();
+            let written_result_chars = s.wrote.as_ref().map(|_| texts::served(s).chars().count());
+            s.saved = savings::saved(savings::Measured {
+                file_chars: chunks.iter().map(|c| c.text.chars().count()).sum(),
+                path_chars: req.files.iter().map(|f| f.chars().count() + 3).sum(),
+                answer_chars: s.text.chars().count(),
+                written_result_chars,
             });
         }
-        result
+        let id = self.record_pool_call(&req, &chunks, &result).await;
+        result.map(|mut s| {
+            s.decision_id = id.filter(|_| req.log.is_some());
+            s
+        })
+    }
+
+    /// Writes a served answer (unfenced) to `path`.
+    async fn write_answer(
+        &self,
+        s: &Served,
+        path: String,
+        overwrite: bool,
+    ) -> Result<Wrote, Error> {
+        let text = workspace::unfence(&s.text);
+        let answer = s.text.clone();
+        let written = self
+            .on_files(move |w| w.write(&path, &text, overwrite))
+            .await;
+        match written {
+            Ok(w) => Ok(Wrote {
+                path: w.path,
+                bytes: w.bytes,
+                lines: w.lines,
+                replaced: w.previous.is_some(),
+            }),
+            Err(Error::Files(refusal)) => Err(Error::WriteFailed { refusal, answer }),
+            Err(e) => Err(e),
+        }
     }
 
     /// The failover loop, after the gate.
     async fn run(
         &self,
         req: &DelegateRequest,
+        prompt: String,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<Served, Error> {
         if req.prompt.trim().is_empty() {
@@ -501,7 +658,7 @@ impl Engine {
         let call = failover::Call {
             chat: ChatRequest {
                 system: req.system.clone(),
-                prompt: req.prompt.clone(),
+                prompt,
                 max_tokens: req.max_tokens,
                 temperature: req.temperature,
             },
@@ -538,30 +695,41 @@ impl Engine {
         }
     }
 
-    async fn record_pool_decision(
+    /// Logs a pool call (every one: the savings and the dataset need them),
+    /// with the caller's gist and score when given, never any content.
+    async fn record_pool_call(
         &self,
-        f: &LogFields,
-        model: Option<String>,
-        outcome: Option<String>,
-        via: &str,
+        req: &DelegateRequest,
+        chunks: &[Chunk],
+        result: &Result<Served, Error>,
     ) -> Option<i64> {
+        let f = req.log.clone().unwrap_or_default();
         let gist = f.gist.clone().unwrap_or_default();
         let gist = if gate::scan(&gist).is_empty() {
             gist
         } else {
             "[gist withheld: it carried a secret]".into()
         };
-        let d = Decision {
+        let file_chars: usize = chunks.iter().map(|c| c.text.chars().count()).sum();
+        let mut d = Decision {
             gist,
             route: "pool".into(),
             score: f.score,
             task_type: f.task_type.clone(),
-            gate: None,
-            model,
-            outcome,
-            via: via.into(),
+            via: req.via.into(),
             budget_mode: Some(self.budget().await.mode.as_str().into()),
+            files_tokens: (file_chars > 0).then(|| savings::tokens(file_chars)),
+            ..Decision::default()
         };
+        match result {
+            Ok(s) => {
+                d.model = Some(s.model.clone());
+                d.pool_tokens = Some((s.prompt_tokens + s.completion_tokens) as i64);
+                d.bytes_written = s.wrote.as_ref().map(|w| w.bytes as i64);
+                d.saved_tokens = Some(s.saved);
+            }
+            Err(_) => d.outcome = Some("failed".into()),
+        }
         match self.record(d).await {
             Ok(id) => Some(id),
             Err(e) => {

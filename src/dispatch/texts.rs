@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Attempt, Served, TaskResult, TaskStatus};
+use super::{Attempt, Served, TaskResult, TaskStatus, Wrote};
 use crate::gate::Finding;
 use crate::quota::Millis;
 use crate::router::{Reason, Rejection};
@@ -193,6 +193,14 @@ pub(crate) fn provenance(s: &Served) -> String {
         " · {} prompt + {} completion tokens{est} · {} ms",
         s.prompt_tokens, s.completion_tokens, s.latency_ms
     );
+    if !s.files.is_empty() {
+        let _ = write!(
+            out,
+            " · read {} file{}",
+            s.files.len(),
+            if s.files.len() == 1 { "" } else { "s" }
+        );
+    }
     let n = s.attempts.len();
     if n > 1 {
         let failed: Vec<String> = s
@@ -221,12 +229,65 @@ pub(crate) fn provenance(s: &Served) -> String {
             "\ndecision {id} logged; report the outcome with log_route_decision(decision_id={id}, outcome=accepted|redone)."
         );
     }
+    if s.saved > 0 {
+        let _ = write!(out, "\nsaved ≈ {} Claude tokens", group(s.saved));
+    }
     out
 }
 
-/// An answer followed by its provenance, as the model reads it.
+/// Lines of a written answer shown to Claude: enough to see what it is.
+const PREVIEW_LINES: usize = 20;
+
+/// "wrote src/x.rs (1,234 bytes, 48 lines)".
+pub(crate) fn wrote_line(w: &Wrote) -> String {
+    format!(
+        "{} {} ({} bytes, {} lines)",
+        if w.replaced { "replaced" } else { "wrote" },
+        w.path,
+        group(w.bytes as i64),
+        w.lines
+    )
+}
+
+/// An answer followed by its provenance, as the model reads it; when the
+/// answer went to a file, only where it went and a preview.
 pub(crate) fn served(s: &Served) -> String {
-    format!("{}\n\n---\n{}", s.text.trim_end(), provenance(s))
+    let Some(w) = &s.wrote else {
+        return format!("{}\n\n---\n{}", s.text.trim_end(), provenance(s));
+    };
+    let written = crate::workspace::unfence(&s.text);
+    let mut out = wrote_line(w);
+    out.push('\n');
+    for line in written.lines().take(PREVIEW_LINES) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    if w.lines > PREVIEW_LINES {
+        let _ = writeln!(out, "[... {} more lines]", w.lines - PREVIEW_LINES);
+    }
+    let _ = write!(
+        out,
+        "---\n{}\nreview it with Read or `git diff -- {}`",
+        provenance(s),
+        w.path
+    );
+    out
+}
+
+/// 12345 as "12,345".
+fn group(n: i64) -> String {
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        out.insert(0, '-');
+    }
+    out
 }
 
 /// A fanout's results, in input order, each headed by its status and model.
@@ -350,6 +411,9 @@ mod tests {
             truncated: false,
             trains_on_prompts: None,
             decision_id: Some(7),
+            files: Vec::new(),
+            wrote: None,
+            saved: 0,
         };
         let text = served(&s);
         assert!(

@@ -46,12 +46,45 @@ pub(crate) type Progress = Box<dyn Fn(f64, Option<f64>, String) + Send + Sync>;
 #[derive(Clone)]
 pub(crate) struct Server {
     engine: Arc<Engine>,
+    /// The client's roots must be asked for (again) before files are touched.
+    roots_stale: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
     /// A server over an engine.
     pub(crate) fn new(engine: Arc<Engine>) -> Server {
-        Server { engine }
+        Server {
+            engine,
+            roots_stale: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    /// Asks a client that offers MCP `roots` for them, once, and again after
+    /// it says they changed: files may be read and written inside them too.
+    #[allow(
+        deprecated,
+        reason = "roots are deprecated by SEP-2577, but Claude Code 2.1 still offers them"
+    )]
+    async fn refresh_roots(&self, peer: &rmcp::Peer<RoleServer>) {
+        use std::sync::atomic::Ordering;
+        let offers_roots = peer
+            .peer_info()
+            .is_some_and(|i| i.capabilities.roots.is_some());
+        if !self.roots_stale.swap(false, Ordering::SeqCst) || !offers_roots {
+            return;
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(2), peer.list_roots()).await {
+            Ok(Ok(list)) => {
+                let roots = list
+                    .roots
+                    .iter()
+                    .filter_map(|r| file_uri_path(&r.uri))
+                    .collect();
+                self.engine.set_client_roots(roots);
+            }
+            // A client that does not answer is asked again only when it says they changed.
+            _ => tracing::debug!("the client did not list its roots"),
+        }
     }
 
     /// The instructions sent at connect time: the rubric with live figures.
@@ -107,6 +140,33 @@ impl Server {
     }
 }
 
+/// The path of a `file://` URI (percent-decoded), or `None` for anything else.
+fn file_uri_path(uri: &str) -> Option<std::path::PathBuf> {
+    let rest = uri.strip_prefix("file://")?;
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    let bytes = rest.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().map(std::path::PathBuf::from)
+}
+
 fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
@@ -142,6 +202,14 @@ impl ServerHandler for Server {
         Ok(result)
     }
 
+    async fn on_roots_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<RoleServer>,
+    ) {
+        self.roots_stale
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -166,6 +234,9 @@ impl ServerHandler for Server {
             ));
         };
         let args = Value::Object(request.arguments.unwrap_or_default());
+        if matches!(tool, Tool::Delegate | Tool::Fanout) {
+            self.refresh_roots(&context.peer).await;
+        }
         let mut forwarder = None;
         let progress: Option<Progress> = context.meta.get_progress_token().map(|token| {
             let peer = context.peer.clone();
@@ -224,6 +295,23 @@ pub(crate) async fn serve(engine: Arc<Engine>) -> Result<(), std::io::Error> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn file_uris_become_paths() {
+        let cases = [
+            ("file:///home/me/my%20project", Some("/home/me/my project")),
+            ("file://localhost/srv/a", Some("/srv/a")),
+            ("file:///x/%E2%82%AC", Some("/x/€")),
+            ("https://example.com/a", None),
+        ];
+        for (uri, want) in cases {
+            assert_eq!(
+                file_uri_path(uri),
+                want.map(std::path::PathBuf::from),
+                "{uri}"
+            );
+        }
+    }
+
     fn server() -> Server {
         let cat = crate::config::load_from(None, &|_| None);
         let dir = tempfile::tempdir().unwrap();
@@ -242,7 +330,9 @@ mod tests {
             "7-8",
             "9-10",
             "log_route_decision",
-            "Read every pool answer",
+            "Read every answer",
+            "Pass paths, never contents",
+            "write_to",
             "Budget mode now",
             "ceiling",
         ] {

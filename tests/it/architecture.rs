@@ -119,6 +119,7 @@ fn modules_import_only_what_their_layer_allows() {
         ("upstream", &["config", "quota"]),
         ("store", &["config", "quota"]),
         ("decisions", &["config", "quota"]),
+        ("workspace", &["config"]),
     ];
     let mut broken = Vec::new();
     for (module, allowed) in rules {
@@ -149,10 +150,10 @@ fn modules_import_only_what_their_layer_allows() {
             broken.push(format!("dispatch imports the face {face}"));
         }
     }
-    // Faces reach the ledger and the network only through dispatch.
+    // Faces reach the ledger, the network and the project's files only through dispatch.
     for face in ["mcp", "cli", "serve"] {
         if let Some((used, _, _)) = map.get(face) {
-            for io in ["store", "upstream"] {
+            for io in ["store", "upstream", "workspace"] {
                 if used.contains(io) {
                     broken.push(format!("the face {face} imports {io}"));
                 }

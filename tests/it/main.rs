@@ -4,6 +4,7 @@
 //! - `mcp`: the server over stdio: handshake, schemas, delegate, failover, errors, purity.
 //! - `cli`: the commands beside the server.
 //! - `ledger`: several processes sharing one state dir; crashes mid-request.
+//! - `files`: files in (paths, globs, ranges) and out (write_to), and every refusal.
 //! - `faults`: upstreams that hang, trickle, or answer garbage; broken state and config.
 //! - `props`: property tests for the gate and config parsing.
 
@@ -21,6 +22,7 @@
 mod architecture;
 mod cli;
 mod faults;
+mod files;
 mod ledger;
 mod mcp;
 mod props;

@@ -7,11 +7,12 @@ use super::LogArgs;
 use crate::dispatch::{DelegateRequest, Engine, texts};
 use crate::mcp::Progress;
 
-pub(super) const DESCRIPTION: &str = "Run one task on a free LLM from the pool and return its answer with provenance (provider/model, tokens, latency, attempts). \
+pub(super) const DESCRIPTION: &str = "Run one task on a free LLM from the pool. Returns the answer with provenance (model, tokens, latency, attempts); with write_to, writes it to that file and returns only the path and a preview. \
+Name project files in files (paths, globs, path:120-260) and the server reads them: never paste file contents into the prompt, you would pay for them as output. \
 Omit model for auto-routing; failover across providers is automatic. \
 Use for mechanical work scoring below the threshold (summarize, extract, convert, boilerplate, drafts). \
-The prompt leaves this machine: anything carrying a secret or credential is refused and nothing is sent. \
-Read the answer before using it; redo the task yourself if it is wrong. \
+The prompt and files leave this machine: a text carrying a secret, and secret-bearing files (.env, keys), are refused and nothing is sent. \
+Read the answer (or the written file) before using it; redo the task yourself if it is wrong. \
 Optional gist/score/task_type log the routing decision in the same call.";
 
 /// `delegate`'s arguments (also each `fanout` task's, beside its id).
@@ -29,6 +30,15 @@ pub(crate) struct Args {
     /// Optional sampling temperature.
     #[schemars(range(min = 0, max = 2))]
     pub(super) temperature: Option<f32>,
+    /// Project files the worker reads, instead of pasting them: paths, globs (src/**/*.rs) or ranges (src/a.rs:120-260), relative to the project root.
+    #[schemars(length(max = 100))]
+    #[serde(default)]
+    pub(super) files: Vec<String>,
+    /// Write the answer to this file (relative to the project root) instead of returning it; you get the path, a preview and the line count.
+    pub(super) write_to: Option<String>,
+    /// With write_to: replace the file if it exists (default false: an existing file is refused).
+    #[serde(default)]
+    pub(super) overwrite: bool,
     #[serde(flatten)]
     pub(super) log: LogArgs,
 }
@@ -43,6 +53,10 @@ impl Args {
             model: self.model,
             max_tokens: self.max_tokens,
             temperature: self.temperature,
+            files: self.files,
+            write_to: self.write_to,
+            overwrite: self.overwrite,
+            via: "delegate",
         }
     }
 }

@@ -108,6 +108,7 @@ pub(super) async fn call(engine: &Engine, a: Args) -> Result<String, String> {
         outcome: a.outcome.map(|o| o.as_str().to_owned()),
         via: "claude".into(),
         budget_mode: Some(engine.budget().await.mode.as_str().into()),
+        ..Decision::default()
     };
     let now = engine.now();
     let id = engine

@@ -374,10 +374,12 @@ fn read_only(title: &str) -> ToolAnnotations {
         .open_world(false)
 }
 
+/// A pool call sends text out (open world) and, with write_to and
+/// overwrite, may replace a project file (destructive).
 fn pool_call(title: &str) -> ToolAnnotations {
     ToolAnnotations::with_title(title)
         .read_only(false)
-        .destructive(false)
+        .destructive(true)
         .idempotent(false)
         .open_world(true)
 }

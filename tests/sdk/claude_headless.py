@@ -19,7 +19,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOOL = "mcp__freellmapi__delegate"
-SEEN = {"tools": set(), "instructions": False, "tool_result": None}
+SEEN = {"tools": set(), "instructions": False, "tool_result": None, "results": []}
+# The second call: files in and out. What Claude writes is this small.
+FILES_CALL = {"prompt": "Write unit tests for this module.", "files": ["src/lib.rs"],
+              "write_to": "tests/lib_test.rs", "gist": "draft tests", "score": 3}
 
 
 def sse(events):
@@ -47,7 +50,8 @@ def message_events(content_blocks, stop_reason):
     return events
 
 
-def tool_result_text(messages):
+def tool_results(messages):
+    out = []
     for m in messages:
         if m.get("role") != "user" or not isinstance(m.get("content"), list):
             continue
@@ -55,9 +59,10 @@ def tool_result_text(messages):
             if block.get("type") == "tool_result":
                 c = block.get("content")
                 if isinstance(c, list):
-                    return "\n".join(x.get("text", "") for x in c if isinstance(x, dict))
-                return str(c)
-    return None
+                    out.append("\n".join(x.get("text", "") for x in c if isinstance(x, dict)))
+                else:
+                    out.append(str(c))
+    return out
 
 
 class FakeAnthropic(BaseHTTPRequestHandler):
@@ -78,11 +83,14 @@ class FakeAnthropic(BaseHTTPRequestHandler):
         whole = json.dumps(body)
         if "MCP Server Instructions" in whole and "freellmapi" in whole and "Budget mode now: delegate_more (pinned" in whole:
             SEEN["instructions"] = True
-        result = tool_result_text(body.get("messages", []))
-        if result is not None:
-            SEEN["tool_result"] = result
-            blocks = [{"type": "text", "text": "The pool said: " + result.splitlines()[0]}]
+        results = tool_results(body.get("messages", []))
+        if len(results) >= 2:
+            SEEN["tool_result"], SEEN["results"] = results[0], results
+            blocks = [{"type": "text", "text": "The pool said: " + results[0].splitlines()[0]}]
             stop = "end_turn"
+        elif len(results) == 1:
+            blocks = [{"type": "tool_use", "id": "toolu_fake2", "name": TOOL, "input": FILES_CALL}]
+            stop = "tool_use"
         elif TOOL in tools:
             blocks = [{"type": "tool_use", "id": "toolu_fake1", "name": TOOL, "input": {"prompt": "Summarize: headless proof", "gist": "headless e2e", "score": 2}}]
             stop = "tool_use"
@@ -124,6 +132,9 @@ def main(claude, binary, mock_binary):
         "FREEPOOL_BUDGET_MODE": "delegate_more"}}}}
     home = os.path.join(tmp, "home")
     os.makedirs(home)
+    os.makedirs(os.path.join(tmp, "src"))
+    with open(os.path.join(tmp, "src", "lib.rs"), "w") as f:
+        f.write("//! A module worth testing.\n" + "".join(f"pub fn add_{i}(a: u32) -> u32 {{ a + {i} }}\n" for i in range(60)))
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": home,
@@ -141,8 +152,13 @@ def main(claude, binary, mock_binary):
     mock.stdin.close()
     mock.wait(timeout=10)
     api.shutdown()
+    written = os.path.join(tmp, "tests", "lib_test.rs")
+    second = SEEN["results"][1] if len(SEEN["results"]) > 1 else ""
     checks = [
         (TOOL in SEEN["tools"], "Claude Code offered freepool's tools to the model"),
+        (len(json.dumps(FILES_CALL)) < 300, f"the files call Claude writes is under 300 characters ({len(json.dumps(FILES_CALL))})"),
+        (os.path.exists(written) and "answer from alpha: Write unit tests" in open(written).read(), "the worker's answer was written to tests/lib_test.rs"),
+        (second.startswith("wrote tests/lib_test.rs") and len(second) < 1000, f"the result Claude read for it is short ({len(second)} characters)"),
         (SEEN["instructions"], "the rubric reached the model's system prompt"),
         (SEEN["tool_result"] is not None and "answer from alpha: Summarize: headless proof" in SEEN["tool_result"], "the delegate result came back as the tool result"),
         ("The pool said: answer from alpha" in out.stdout, "claude -p printed the pool's answer"),

@@ -454,6 +454,14 @@ async fn run() {
         );
     }
 
+    // 4b. What three file tasks cost Claude, three ways, measured from the
+    //     actual tool calls and results through the release server.
+    let savings = if want("savings") {
+        savings_table().await
+    } else {
+        Vec::new()
+    };
+
     // 5. The credential gate on code-like text.
     if want("gate") {
         let text = code_like(8 * 1024 * 1024);
@@ -538,6 +546,21 @@ async fn run() {
         };
         println!("{:<w$}  {:<36} {:<12} {verdict}", r.what, r.value, r.goal);
     }
+    if !savings.is_empty() {
+        println!(
+            "\nClaude's cost of three tasks, in input-token equivalents (an output token counts {OUTPUT_WEIGHT}; 3.5 characters a token)\n"
+        );
+        println!(
+            "{:<44} {:>14} {:>18} {:>14}",
+            "task", "Claude alone", "delegate, pasted", "files in/out"
+        );
+        for (task, alone, pasted, files) in &savings {
+            println!("{task:<44} {alone:>14} {pasted:>18} {files:>14}");
+        }
+    }
+    if leases.is_empty() {
+        return;
+    }
     println!(
         "\nlease latency, p50 / p99 in ms (each session a process making 40 calls: lease, a {UPSTREAM_MS} ms upstream, commit)\n"
     );
@@ -577,6 +600,173 @@ fn lease_worker(dir: &str, calls: usize, upstream_ms: u64) {
             std::process::exit(1);
         }
     }
+}
+
+/// An output token costs Claude about this many input tokens.
+const OUTPUT_WEIGHT: u64 = 5;
+
+/// Claude tokens in `chars` characters (about 3.5 a token for code and prose).
+fn claude_tokens(chars: usize) -> u64 {
+    (chars as f64 / 3.5).round() as u64
+}
+
+/// Varied prose of about `chars` characters (a repeated string would read
+/// as a broken generation and be refused).
+fn prose(chars: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "the",
+        "handler",
+        "returns",
+        "a",
+        "response",
+        "when",
+        "request",
+        "is",
+        "valid",
+        "otherwise",
+        "an",
+        "error",
+        "names",
+        "field",
+        "that",
+        "failed",
+    ];
+    let (mut out, mut x) = (String::with_capacity(chars + 16), 12_345u64);
+    while out.len() < chars {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        out.push_str(WORDS[(x >> 60) as usize]);
+        out.push(if x % 11 == 0 { '\n' } else { ' ' });
+    }
+    out
+}
+
+/// One file task, with the sizes its answers have.
+struct FileTask {
+    name: &'static str,
+    /// (path, content) of the input files.
+    inputs: Vec<(String, String)>,
+    /// The answer's length per call, in characters.
+    answer_chars: usize,
+    /// Whether the result belongs in files (one per input, or one in all).
+    writes: bool,
+}
+
+/// (task, Claude alone, delegate with pasted content, files in/out), in
+/// input-token equivalents. Reads and writes by Claude itself are counted
+/// from the files' sizes (what its Read returns, what its Write sends);
+/// tool calls and results are the JSON and text that actually crossed.
+async fn savings_table() -> Vec<(String, u64, u64, u64)> {
+    let line = "pub fn handle(request: &Request) -> Result<Response, Error> { todo!() }\n";
+    let tasks = vec![
+        FileTask {
+            name: "summarize a 50 KB file",
+            inputs: vec![("src/big.rs".into(), line.repeat(50_000 / line.len()))],
+            answer_chars: 1_200,
+            writes: false,
+        },
+        FileTask {
+            name: "convert 20 files of 2 KB (one output each)",
+            inputs: (0..20)
+                .map(|i| {
+                    (
+                        format!("data/{i}.json"),
+                        format!(
+                            "{{\"record\": {i}, \"fields\": [{}]}}\n",
+                            "\"a value\", ".repeat(180)
+                        ),
+                    )
+                })
+                .collect(),
+            answer_chars: 2_000,
+            writes: true,
+        },
+        FileTask {
+            name: "draft a test file for a 10 KB module",
+            inputs: vec![("src/module.rs".into(), line.repeat(10_000 / line.len()))],
+            answer_chars: 6_000,
+            writes: true,
+        },
+    ];
+    let mut rows = Vec::new();
+    for task in tasks {
+        let mock = MockUpstream::start("sav").await;
+        mock.default(Behavior::ok(&prose(task.answer_chars)));
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("project");
+        for (path, content) in &task.inputs {
+            let p = project.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        let config = write_config(dir.path(), &provider_toml("sav", &mock, ""));
+        let mut env = server_env(dir.path(), &config);
+        env.push(("CLAUDE_PROJECT_DIR", project.display().to_string()));
+        let mut c = Client::spawn(BIN, &[], &env);
+        c.initialize().await;
+        let input_chars: usize = task.inputs.iter().map(|(_, t)| t.len()).sum();
+        let answers_chars = task.answer_chars * if task.writes { task.inputs.len() } else { 1 };
+        // Claude alone: read the inputs, write the result (as a file or as its reply).
+        let alone = claude_tokens(input_chars) + OUTPUT_WEIGHT * claude_tokens(answers_chars);
+        // Delegating by pasting: read the inputs, paste them into the call,
+        // read the answers, and write them out when they belong in files.
+        let (mut pasted_call, mut pasted_result) = (0, 0);
+        // Files in/out: name the inputs, name the outputs.
+        let (mut files_call, mut files_result) = (0, 0);
+        let per_call: Vec<Vec<(String, String)>> = if task.inputs.len() > 1 {
+            task.inputs.iter().map(|i| vec![i.clone()]).collect()
+        } else {
+            vec![task.inputs.clone()]
+        };
+        let fan = per_call.len() > 1;
+        let (mut pasted_tasks, mut files_tasks) = (Vec::new(), Vec::new());
+        for (i, inputs) in per_call.iter().enumerate() {
+            let pasted: String = inputs
+                .iter()
+                .map(|(p, t)| format!("### {p}\n```\n{t}```\n"))
+                .collect();
+            pasted_tasks.push(json!({"prompt": format!("{} these.\n{pasted}", task.name)}));
+            let mut f = json!({"prompt": format!("{} these.", task.name), "files": inputs.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()});
+            if task.writes {
+                f["write_to"] = json!(format!("out/{i}.txt"));
+            }
+            files_tasks.push(f);
+        }
+        for (tasks, call, result) in [
+            (pasted_tasks, &mut pasted_call, &mut pasted_result),
+            (files_tasks, &mut files_call, &mut files_result),
+        ] {
+            let (name, args) = if fan {
+                ("fanout", json!({"tasks": tasks, "concurrency": 8}))
+            } else {
+                ("delegate", tasks[0].clone())
+            };
+            let r = c
+                .request("tools/call", json!({"name": name, "arguments": args}))
+                .await;
+            let text = r["result"]["content"][0]["text"].as_str().unwrap_or("");
+            assert!(
+                r["result"]["isError"] != json!(true),
+                "{}: {text}",
+                task.name
+            );
+            *call = json!({"name": name, "arguments": args}).to_string().len();
+            *result = text.len();
+        }
+        let write_back = if task.writes {
+            OUTPUT_WEIGHT * claude_tokens(answers_chars)
+        } else {
+            0
+        };
+        let pasted = claude_tokens(input_chars)
+            + OUTPUT_WEIGHT * claude_tokens(pasted_call)
+            + claude_tokens(pasted_result)
+            + write_back;
+        let files = OUTPUT_WEIGHT * claude_tokens(files_call) + claude_tokens(files_result);
+        rows.push((task.name.to_owned(), alone, pasted, files));
+    }
+    rows
 }
 
 /// What each benchmark session's upstream call takes between lease and

@@ -66,6 +66,10 @@ pub(crate) struct Decision {
     pub(crate) budget_mode: Option<String>,
     /// Claude tokens of the files sent with the task (never their content).
     pub(crate) files_tokens: Option<i64>,
+    /// Claude tokens of the prompt itself (without the files).
+    pub(crate) prompt_tokens: Option<i64>,
+    /// Tokens of the answer (as the provider counted).
+    pub(crate) answer_tokens: Option<i64>,
     /// Tokens the pool processed (prompt and answer, as the provider counted).
     pub(crate) pool_tokens: Option<i64>,
     /// Bytes the answer wrote to a file.
@@ -144,6 +148,8 @@ impl Log {
                     .collect::<Result<_, _>>()?;
                 for column in [
                     "files_tokens",
+                    "prompt_tokens",
+                    "answer_tokens",
                     "pool_tokens",
                     "bytes_written",
                     "saved_tokens",
@@ -185,10 +191,10 @@ impl Log {
         self.with(|c| {
             c.execute(
                 "INSERT INTO decisions (ts, session, gist, route, score, task_type, gate, model, outcome, via, budget_mode,
-                                        files_tokens, pool_tokens, bytes_written, saved_tokens)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                                        files_tokens, prompt_tokens, answer_tokens, pool_tokens, bytes_written, saved_tokens)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 params![ts, self.session, gist, d.route, d.score, d.task_type, d.gate, d.model, d.outcome, d.via, d.budget_mode,
-                        d.files_tokens, d.pool_tokens, d.bytes_written, d.saved_tokens],
+                        d.files_tokens, d.prompt_tokens, d.answer_tokens, d.pool_tokens, d.bytes_written, d.saved_tokens],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -221,7 +227,7 @@ impl Log {
 
 const SELECT: &str =
     "SELECT id, ts, session, gist, route, score, task_type, gate, model, outcome, via, budget_mode,
-                             files_tokens, pool_tokens, bytes_written, saved_tokens FROM decisions";
+     files_tokens, prompt_tokens, answer_tokens, pool_tokens, bytes_written, saved_tokens FROM decisions";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -239,9 +245,11 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
             via: r.get(10)?,
             budget_mode: r.get(11)?,
             files_tokens: r.get(12)?,
-            pool_tokens: r.get(13)?,
-            bytes_written: r.get(14)?,
-            saved_tokens: r.get(15)?,
+            prompt_tokens: r.get(13)?,
+            answer_tokens: r.get(14)?,
+            pool_tokens: r.get(15)?,
+            bytes_written: r.get(16)?,
+            saved_tokens: r.get(17)?,
         },
     })
 }

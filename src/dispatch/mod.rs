@@ -719,12 +719,14 @@ impl Engine {
             via: req.via.into(),
             budget_mode: Some(self.budget().await.mode.as_str().into()),
             files_tokens: (file_chars > 0).then(|| savings::tokens(file_chars)),
+            prompt_tokens: Some(savings::tokens(req.prompt.chars().count())),
             ..Decision::default()
         };
         match result {
             Ok(s) => {
                 d.model = Some(s.model.clone());
                 d.pool_tokens = Some((s.prompt_tokens + s.completion_tokens) as i64);
+                d.answer_tokens = Some(s.completion_tokens as i64);
                 d.bytes_written = s.wrote.as_ref().map(|w| w.bytes as i64);
                 d.saved_tokens = Some(s.saved);
             }

@@ -79,6 +79,9 @@ pub struct CatalogFile {
     /// Providers by id, in file order.
     #[serde(default)]
     pub providers: Map<String, toml::Value>,
+    /// Answer checks the user allows calls to name: `NAME = "command line"`.
+    #[serde(default)]
+    pub checks: BTreeMap<String, String>,
 }
 
 /// `[settings]` as written.
@@ -98,6 +101,8 @@ pub struct SettingsFile {
     project_roots: Option<Vec<String>>,
     max_file_bytes: Option<u64>,
     deny_files: Option<Vec<String>>,
+    max_check_retries: Option<u32>,
+    check_timeout_secs: Option<u64>,
 }
 
 /// `[providers.ID]` as written.
@@ -206,6 +211,12 @@ pub struct Settings {
     pub max_file_bytes: u64,
     /// File name patterns never read or written, beside the built-in deny list.
     pub deny_files: Vec<String>,
+    /// Attempts on other models after answers fail their check.
+    pub max_check_retries: u32,
+    /// How long a check command may run.
+    pub check_timeout: Duration,
+    /// Check commands calls may name (`[checks]`), from the user's file only.
+    pub checks: BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -224,6 +235,9 @@ impl Default for Settings {
             project_roots: Vec::new(),
             max_file_bytes: 1_000_000,
             deny_files: Vec::new(),
+            max_check_retries: 2,
+            check_timeout: Duration::from_secs(120),
+            checks: BTreeMap::new(),
         }
     }
 }
@@ -684,7 +698,8 @@ fn load_located(
         }
         (builtin_origin.clone(), find_line(BUILTIN_CATALOG, key_path))
     };
-    let settings = resolve_settings(&doc.settings, &locate, &mut problems);
+    let mut settings = resolve_settings(&doc.settings, &locate, &mut problems);
+    settings.checks = std::mem::take(&mut doc.checks);
     let mut providers = Vec::new();
     for (id, value) in doc.providers {
         if let Some(p) = resolve_provider(&id, value, &settings, env_lookup, &locate, &mut problems)
@@ -826,8 +841,11 @@ pub fn merge(base: &mut CatalogFile, top: CatalogFile) {
         fanout_max_chars_per_task,
         project_roots,
         max_file_bytes,
-        deny_files
+        deny_files,
+        max_check_retries,
+        check_timeout_secs
     );
+    base.checks.extend(top.checks);
     for (id, value) in top.providers {
         match base.providers.get_mut(&id) {
             Some(existing) => merge_value(existing, value),
@@ -883,6 +901,11 @@ fn resolve_settings(
             .collect(),
         max_file_bytes: s.max_file_bytes.unwrap_or(d.max_file_bytes),
         deny_files: s.deny_files.clone().unwrap_or_default(),
+        max_check_retries: s.max_check_retries.unwrap_or(d.max_check_retries),
+        check_timeout: s
+            .check_timeout_secs
+            .map_or(d.check_timeout, Duration::from_secs),
+        checks: BTreeMap::new(),
     };
     let mut bad = |key: &str, msg: &str| {
         let (origin, line) = locate(&format!("settings.{key}"));

@@ -42,6 +42,7 @@
 )]
 
 mod budget;
+mod checks;
 pub mod cli;
 pub mod config;
 mod decisions;

@@ -121,6 +121,8 @@ pub(crate) struct Request {
     pub(crate) max_tokens: Option<u32>,
     /// Output tokens assumed when `max_tokens` is absent.
     pub(crate) output_reserve: u32,
+    /// Families whose answers failed this call's check: ranked after the others.
+    pub(crate) avoid_families: Vec<String>,
 }
 
 /// Something this call already ruled out, and why (a failure label).
@@ -430,14 +432,14 @@ pub(crate) fn plan<'c>(
             rejected.push(reject(reason, frees));
         }
     }
-    rank(&mut candidates, &req.selector, snap, rotation);
+    rank(&mut candidates, req, snap, rotation);
     Plan {
         candidates,
         rejected,
     }
 }
 
-fn rank(cands: &mut [Candidate<'_>], _sel: &Selector, snap: &UsageSnapshot, rotation: u64) {
+fn rank(cands: &mut [Candidate<'_>], req: &Request, snap: &UsageSnapshot, rotation: u64) {
     let n = cands.len().max(1) as u64;
     let mut keyed: Vec<_> = cands
         .iter()
@@ -451,9 +453,12 @@ fn rank(cands: &mut [Candidate<'_>], _sel: &Selector, snap: &UsageSnapshot, rota
                 .copied()
                 .unwrap_or(0);
             let turn = (i as u64 + n - rotation % n) % n;
+            // After a failed check, another family first, then a stronger tier.
+            let avoided = req.avoid_families.contains(&c.model.family);
             (
                 (
                     -i64::from(priority),
+                    avoided,
                     c.model.tier,
                     -quarter,
                     failures.min(3),
@@ -548,6 +553,7 @@ context = 8000
             prompt_chars: chars,
             max_tokens: None,
             output_reserve: 500,
+            avoid_families: Vec::new(),
         }
     }
 

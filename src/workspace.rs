@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Component, Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -432,11 +432,74 @@ impl Workspace {
         })
     }
 
+    /// Runs a check command from the user's config on a written file, in the
+    /// project root, `{file}` replaced by its path (shell-quoted). `Err`
+    /// says briefly why it failed: the exit and the last lines of output.
+    pub(crate) fn run_check(
+        &self,
+        line: &str,
+        file: &str,
+        limit: std::time::Duration,
+    ) -> Result<(), String> {
+        let root = self.primary(file).map_err(|r| r.reason)?.to_path_buf();
+        let quoted = format!("'{}'", file.replace('\'', "'\\''"));
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line.replace("{file}", &quoted))
+            .current_dir(&root)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("the check could not start ({})", e.kind()))?;
+        // Output is read on threads so a chatty command cannot block on a full pipe.
+        fn drain(
+            pipe: Option<impl std::io::Read + Send + 'static>,
+        ) -> std::thread::JoinHandle<String> {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(p) = pipe {
+                    let _ = p.take(1 << 20).read_to_end(&mut text);
+                }
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        }
+        let out = drain(child.stdout.take());
+        let err = drain(child.stderr.take());
+        let started = std::time::Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if started.elapsed() > limit => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the check ran past {} s and was stopped",
+                        limit.as_secs()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) => return Err(format!("the check could not be waited for ({})", e.kind())),
+            }
+        };
+        if status.success() {
+            return Ok(());
+        }
+        let text = format!(
+            "{}{}",
+            err.join().unwrap_or_default(),
+            out.join().unwrap_or_default()
+        );
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
+        let tail: String = tail.chars().take(300).collect();
+        let code = status
+            .code()
+            .map_or("a signal".to_owned(), |c| format!("exit {c}"));
+        Err(format!("the check failed ({code}): {tail}"))
+    }
+
     /// Puts back what a write replaced (or removes what it created).
-    #[allow(
-        dead_code,
-        reason = "the command checks of answers (issue 11) restore a file; tests use it now"
-    )]
     pub(crate) fn restore(&self, w: &Written) -> std::io::Result<()> {
         match &w.previous {
             Some(old) => {

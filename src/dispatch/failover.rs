@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
 use super::seams::{Clock, Upstream};
-use super::{Attempt, Error, Served};
+use super::{Attempt, Error, Served, Wrote};
 use crate::config::{Catalog, Provider, Window};
 use crate::quota::{self, Bench, Failure, Millis, Need};
 use crate::router::{self, Candidate, Excluded, Rejection, Selector};
@@ -39,6 +41,25 @@ pub(crate) struct Ctx<'a> {
     pub(crate) rotation: &'a AtomicU64,
     /// Progress notes for whoever waits (attempt N, failing over, waiting).
     pub(crate) progress: &'a (dyn Fn(String) + Send + Sync),
+    /// What an answer must pass before it is served, if anything.
+    pub(crate) verify: Option<&'a dyn Verify>,
+}
+
+/// A check an answer must pass (see `checks`): its verdict, and the answer
+/// to serve (a code block's inside, say), and where it was written when the
+/// check needed the file written first.
+pub(crate) trait Verify: Send + Sync {
+    /// `Err` says briefly why the answer was rejected.
+    fn verify<'a>(&'a self, answer: &'a str) -> BoxFuture<'a, Result<Verified, String>>;
+}
+
+/// An answer that passed its check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Verified {
+    /// What to serve.
+    pub(crate) text: String,
+    /// Where it was written, when writing was part of the check.
+    pub(crate) wrote: Option<Wrote>,
 }
 
 /// One call, ready to route: what goes to the provider and what may serve it.
@@ -100,12 +121,14 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
     let settings = &catalog.settings;
     let started = ctx.clock.now();
     let deadline = started + settings.call_timeout.as_millis() as i64;
-    let rreq = router::Request {
+    let mut rreq = router::Request {
         selector: call.selector.clone(),
         prompt_chars: call.chat.weight(),
         max_tokens: call.chat.max_tokens,
         output_reserve: settings.output_reserve,
+        avoid_families: Vec::new(),
     };
+    let mut checks_failed = 0u32;
     let usable: Vec<usize> = catalog
         .providers
         .iter()
@@ -153,6 +176,10 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
                 ctx.clock.sleep(Duration::from_millis(wait as u64)).await;
                 continue;
             }
+            // Answers came but none passed: that is the story to tell.
+            if checks_failed > 0 {
+                return Err(Error::ChecksFailed { attempts });
+            }
             let mut rejected = plan.rejected;
             rejected.extend(lost);
             let soonest = rejected.iter().filter_map(|r| r.frees_at).min();
@@ -172,7 +199,40 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
             Ok(done) => {
                 let (rec, prompt_tokens, completion_tokens, estimated) =
                     success_record(&cand, &done, rreq.prompt_chars);
+                // The provider served: the request counts whatever the check says.
                 commit(ctx, guard, rec, now).await;
+                let verified = match ctx.verify {
+                    None => Ok(Verified {
+                        text: done.text.clone(),
+                        wrote: None,
+                    }),
+                    Some(v) => v.verify(&done.text).await,
+                };
+                let verified = match verified {
+                    Ok(v) => v,
+                    Err(why) => {
+                        // Rejected: another model, of another family if there is one.
+                        (ctx.progress)(format!(
+                            "{}'s answer failed its check ({why}); trying another model",
+                            cand.id()
+                        ));
+                        attempts.push(Attempt {
+                            model: cand.id(),
+                            outcome: format!("failed check: {why}"),
+                            ms,
+                        });
+                        excluded.push(Excluded {
+                            scope: quota::Scope::model(&cand.provider.id, &cand.model.id),
+                            reason: "its answer failed the check".into(),
+                        });
+                        rreq.avoid_families.push(cand.model.family.clone());
+                        checks_failed += 1;
+                        if checks_failed > settings.max_check_retries {
+                            return Err(Error::ChecksFailed { attempts });
+                        }
+                        continue;
+                    }
+                };
                 attempts.push(Attempt {
                     model: cand.id(),
                     outcome: "ok".into(),
@@ -182,7 +242,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
                     .served_model
                     .filter(|m| m != &cand.model.id && !m.ends_with(&cand.model.id));
                 return Ok(Served {
-                    text: super::texts::cut(done.text, MAX_ANSWER_CHARS, ""),
+                    text: super::texts::cut(verified.text, MAX_ANSWER_CHARS, ""),
                     model: cand.id(),
                     reported_model,
                     prompt_tokens,
@@ -194,7 +254,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
                     trains_on_prompts: cand.provider.trains_on_prompts,
                     decision_id: None,
                     files: Vec::new(),
-                    wrote: None,
+                    wrote: verified.wrote,
                     saved: 0,
                 });
             }

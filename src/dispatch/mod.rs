@@ -13,6 +13,7 @@
 //! are SQLite and run on the blocking pool, and both are opened on first use
 //! (a failed open is tried again on the next call, never cached).
 
+mod answer;
 pub(crate) mod failover;
 mod fanout;
 mod savings;
@@ -61,6 +62,8 @@ pub(crate) struct DelegateRequest {
     pub(crate) overwrite: bool,
     /// Who asked: `delegate`, `fanout` or `cli` (the decision log's `via`).
     pub(crate) via: &'static str,
+    /// What the answer must pass before it is served.
+    pub(crate) expect: Option<crate::checks::Expect>,
 }
 
 /// Where an answer went, when it went to a file.
@@ -172,6 +175,12 @@ pub(crate) enum Error {
         /// When this was decided.
         now: Millis,
     },
+    /// Every answer failed its check.
+    #[error("{}", texts::checks_failed(attempts))]
+    ChecksFailed {
+        /// The attempts, each with why its answer was rejected.
+        attempts: Vec<Attempt>,
+    },
     /// The attempt or time budget ran out.
     #[error("{}", texts::exhausted(attempts, *timed_out))]
     Exhausted {
@@ -192,7 +201,9 @@ impl Error {
     /// The attempts made before the call failed (none for a refusal).
     pub(crate) fn attempts(&self) -> &[Attempt] {
         match self {
-            Error::NoCandidate { attempts, .. } | Error::Exhausted { attempts, .. } => attempts,
+            Error::NoCandidate { attempts, .. }
+            | Error::Exhausted { attempts, .. }
+            | Error::ChecksFailed { attempts } => attempts,
             _ => &[],
         }
     }
@@ -574,15 +585,34 @@ impl Engine {
             self.record_refusal(req.log.as_ref(), &kinds, req.via).await;
             return Err(Error::Refused { findings });
         }
-        // A destination that would be refused is refused before any quota is spent.
+        // A destination that would be refused, or a check that cannot run,
+        // is refused before any quota is spent.
         if let Some(path) = req.write_to.clone() {
             let overwrite = req.overwrite;
             self.on_files(move |w| w.check_target(&path, overwrite))
                 .await?;
         }
+        let check = match &req.expect {
+            Some(e) => {
+                let settings = &self.catalog().settings;
+                let check = crate::checks::Check::new(e, &settings.checks, req.write_to.is_some())
+                    .map_err(Error::Invalid)?;
+                Some(answer::AnswerCheck {
+                    write: req.write_to.clone().map(|p| (p, req.overwrite)),
+                    workspace: self.workspace(),
+                    timeout: settings.check_timeout,
+                    check,
+                })
+            }
+            None => None,
+        };
         let prompt = workspace::prompt_with(&req.prompt, &chunks);
-        let mut result = self.run(&req, prompt, progress).await;
-        if let (Ok(s), Some(path)) = (&mut result, req.write_to.clone()) {
+        let verify = check.as_ref().map(|c| c as &dyn failover::Verify);
+        let mut result = self.run(&req, prompt, progress, verify).await;
+        // A command check wrote the file already.
+        if let (Ok(s), Some(path)) = (&mut result, req.write_to.clone())
+            && s.wrote.is_none()
+        {
             match self.write_answer(s, path, req.overwrite).await {
                 Ok(wrote) => s.wrote = Some(wrote),
                 Err(e) => result = Err(e),
@@ -635,6 +665,7 @@ impl Engine {
         req: &DelegateRequest,
         prompt: String,
         progress: &(dyn Fn(String) + Send + Sync),
+        verify: Option<&dyn failover::Verify>,
     ) -> Result<Served, Error> {
         if req.prompt.trim().is_empty() {
             return Err(Error::Invalid("the prompt is empty".into()));
@@ -654,6 +685,7 @@ impl Engine {
             clock: self.clock.as_ref(),
             rotation: &self.rotation,
             progress,
+            verify,
         };
         let call = failover::Call {
             chat: ChatRequest {

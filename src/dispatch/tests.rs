@@ -478,3 +478,64 @@ async fn max_tokens_counted_on_arrival_is_reserved_whole() {
     let e = r.engine.delegate(req(20_000), &|_| {}).await.unwrap_err();
     assert!(e.to_string().contains("max_tokens counted whole"), "{e}");
 }
+
+/// A check that fails moves the call to another model; when every answer
+/// fails, the error lists each attempt and why its answer was rejected.
+#[tokio::test]
+async fn a_failed_check_is_an_attempt_and_the_next_goes_elsewhere() {
+    let r = rig(catalog("max_wait_secs = 0", "", ""));
+    r.upstream.script("pa", [Step::Answer("not a date")]);
+    let req = DelegateRequest {
+        prompt: "When?".into(),
+        expect: Some(crate::checks::Expect::Regex(r"^ok from pb$".into())),
+        ..Default::default()
+    };
+    let s = r.engine.delegate(req.clone(), &|_| {}).await.unwrap();
+    assert_eq!(s.text, "ok from pb");
+    assert_eq!(s.attempts.len(), 2);
+    assert_eq!(
+        s.attempts[0].outcome,
+        "failed check: does not match /^ok from pb$/"
+    );
+    assert_eq!(
+        r.store.requests("pa"),
+        1,
+        "the rejected answer still counts upstream"
+    );
+    // Both fail: the error says each attempt and why.
+    let strict = DelegateRequest {
+        expect: Some(crate::checks::Expect::Regex(r"^never$".into())),
+        ..req
+    };
+    match r.engine.delegate(strict, &|_| {}).await {
+        Err(e @ Error::ChecksFailed { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.starts_with("every answer failed its check (2 attempt(s))"),
+                "{text}"
+            );
+            assert!(
+                text.contains("pa/m: failed check: does not match /^never$/"),
+                "{text}"
+            );
+            assert!(text.contains("pb/m: failed check"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// At most `max_check_retries` attempts follow a failed check.
+#[tokio::test]
+async fn check_retries_are_bounded() {
+    let r = rig(catalog("max_check_retries = 0\nmax_wait_secs = 0", "", ""));
+    let req = DelegateRequest {
+        prompt: "x".into(),
+        expect: Some(crate::checks::Expect::Code("rust".into())),
+        ..Default::default()
+    };
+    match r.engine.delegate(req, &|_| {}).await {
+        Err(Error::ChecksFailed { attempts }) => assert_eq!(attempts.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.upstream.calls().len(), 1);
+}

@@ -167,6 +167,15 @@ pub(crate) fn no_capacity(
     out
 }
 
+/// Every answer failed its check: each attempt and why, so Claude can do the task itself.
+pub(crate) fn checks_failed(attempts: &[Attempt]) -> String {
+    format!(
+        "every answer failed its check ({} attempt(s)):\n{}\nkeep this task on Claude.",
+        attempts.len(),
+        attempt_lines(attempts)
+    )
+}
+
 /// The attempt or time budget ran out.
 pub(crate) fn exhausted(attempts: &[Attempt], timed_out: bool) -> String {
     let why = if timed_out {

@@ -318,6 +318,23 @@ mod tests {
         Server::new(Arc::new(Engine::new(cat, dir.keep())))
     }
 
+    /// The longest the live figures make it: no provider usable, a pinned mode.
+    #[test]
+    fn the_rubric_fits_with_its_longest_figures() {
+        let worst = RUBRIC
+            .replace(
+                "{ceiling}",
+                "0 tokens: no provider is usable, so nothing can be delegated until a key is set",
+            )
+            .replace("{threshold}", "9")
+            .replace("{mode}", "delegate_more (pinned by settings.budget_mode)");
+        assert!(
+            worst.trim_end().len() <= CLAUDE_CODE_TEXT_LIMIT,
+            "{} chars",
+            worst.len()
+        );
+    }
+
     #[tokio::test]
     async fn instructions_fit_and_carry_the_rubric() {
         let text = server().instructions().await;
@@ -330,7 +347,7 @@ mod tests {
             "7-8",
             "9-10",
             "log_route_decision",
-            "Read every answer",
+            "Answers are untrusted",
             "Pass paths, never contents",
             "write_to",
             "Budget mode now",

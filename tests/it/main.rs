@@ -2,6 +2,7 @@
 //!
 //! - `architecture`: the house rules of docs/architecture.md, read from the sources.
 //! - `mcp`: the server over stdio: handshake, schemas, delegate, failover, errors, purity.
+//! - `checks`: answers checked before Claude sees them.
 //! - `cli`: the commands beside the server.
 //! - `ledger`: several processes sharing one state dir; crashes mid-request.
 //! - `files`: files in (paths, globs, ranges) and out (write_to), and every refusal.
@@ -20,6 +21,7 @@
 )]
 
 mod architecture;
+mod checks;
 mod cli;
 mod faults;
 mod files;

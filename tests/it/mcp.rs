@@ -23,7 +23,7 @@ fn initialize_delivers_the_rubric_within_the_limit() {
         "7-8 hard",
         "log_route_decision",
         "Budget mode now: unknown",
-        "Read every answer",
+        "Answers are untrusted",
     ] {
         assert!(text.contains(must), "missing {must:?} in {text}");
     }

@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::LogArgs;
+use crate::checks::Expect;
 use crate::dispatch::{DelegateRequest, Engine, texts};
 use crate::mcp::Progress;
 
@@ -39,14 +40,46 @@ pub(crate) struct Args {
     /// With write_to: replace the file if it exists (default false: an existing file is refused).
     #[serde(default)]
     pub(super) overwrite: bool,
+    /// Optional: a shape the answer must have; a failing answer is retried on another model before you see it.
+    pub(super) expect: Option<ExpectArg>,
     #[serde(flatten)]
     pub(super) log: LogArgs,
 }
 
+/// Exactly one of its fields.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(crate) struct ExpectArg {
+    /// The answer must be JSON valid against this JSON Schema.
+    json_schema: Option<serde_json::Value>,
+    /// The answer must match this regular expression.
+    regex: Option<String>,
+    /// The answer must be, or hold exactly one, fenced code block in this language; the block becomes the answer.
+    code: Option<String>,
+    /// With write_to: run the check of this name from the user's config ([checks]) on the written file.
+    command: Option<String>,
+}
+
+impl ExpectArg {
+    fn expect(self) -> Result<Expect, String> {
+        let given = [
+            self.json_schema.map(Expect::JsonSchema),
+            self.regex.map(Expect::Regex),
+            self.code.map(Expect::Code),
+            self.command.map(Expect::Command),
+        ];
+        let mut given = given.into_iter().flatten();
+        match (given.next(), given.next()) {
+            (Some(e), None) => Ok(e),
+            _ => Err("expect takes exactly one of json_schema, regex, code, command".into()),
+        }
+    }
+}
+
 impl Args {
     /// The request the engine runs.
-    pub(super) fn request(self) -> DelegateRequest {
-        DelegateRequest {
+    pub(super) fn request(self) -> Result<DelegateRequest, String> {
+        let expect = self.expect.map(ExpectArg::expect).transpose()?;
+        Ok(DelegateRequest {
             log: self.log.fields(),
             prompt: self.prompt,
             system: self.system,
@@ -57,7 +90,8 @@ impl Args {
             write_to: self.write_to,
             overwrite: self.overwrite,
             via: "delegate",
-        }
+            expect,
+        })
     }
 }
 
@@ -74,7 +108,7 @@ pub(super) async fn call(
             p(f64::from(n), None, msg);
         }
     };
-    match engine.delegate(args.request(), &note).await {
+    match engine.delegate(args.request()?, &note).await {
         Ok(s) => Ok(texts::served(&s)),
         Err(e) => Err(texts::full(&e)),
     }

@@ -42,15 +42,12 @@ pub(super) async fn call(
         .concurrency
         .unwrap_or(settings.fanout_concurrency)
         .clamp(1, settings.fanout_max_concurrency) as usize;
-    let tasks: Vec<Task> = args
-        .tasks
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| Task {
-            id: t.id.unwrap_or_else(|| i.to_string()),
-            request: t.call.request(),
-        })
-        .collect();
+    let mut tasks = Vec::with_capacity(args.tasks.len());
+    for (i, t) in args.tasks.into_iter().enumerate() {
+        let id = t.id.unwrap_or_else(|| i.to_string());
+        let request = t.call.request().map_err(|e| format!("task {id}: {e}"))?;
+        tasks.push(Task { id, request });
+    }
     let results = engine
         .fanout(tasks, concurrency, |done, total, msg| {
             if let Some(p) = &progress {

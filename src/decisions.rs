@@ -215,6 +215,17 @@ impl Log {
         }
     }
 
+    /// The model and task type of a decision, to learn from its outcome.
+    pub(crate) fn routed(&self, id: i64) -> Result<(Option<String>, Option<String>), Error> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT model, task_type FROM decisions WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+    }
+
     /// All decisions, oldest first.
     pub(crate) fn all(&self) -> Result<Vec<Row>, Error> {
         self.with(|c| {

@@ -123,6 +123,8 @@ pub(crate) struct Request {
     pub(crate) output_reserve: u32,
     /// Families whose answers failed this call's check: ranked after the others.
     pub(crate) avoid_families: Vec<String>,
+    /// The task's type (`any` when not given): answers are judged per type.
+    pub(crate) task_type: String,
 }
 
 /// Something this call already ruled out, and why (a failure label).
@@ -455,10 +457,14 @@ fn rank(cands: &mut [Candidate<'_>], req: &Request, snap: &UsageSnapshot, rotati
             let turn = (i as u64 + n - rotation % n) % n;
             // After a failed check, another family first, then a stronger tier.
             let avoided = req.avoid_families.contains(&c.model.family);
+            // Models whose answers did well at this kind of task first, in tenths.
+            let quality =
+                (snap.quality(&c.provider.id, &c.model.id, &req.task_type) * 10.0).round() as i64;
             (
                 (
                     -i64::from(priority),
                     avoided,
+                    -quality,
                     c.model.tier,
                     -quarter,
                     failures.min(3),
@@ -554,6 +560,7 @@ context = 8000
             max_tokens: None,
             output_reserve: 500,
             avoid_families: Vec::new(),
+            task_type: "any".into(),
         }
     }
 

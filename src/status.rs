@@ -108,7 +108,7 @@ pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
                 continue;
             };
             any = true;
-            lines.push(model_line(p, m, &h));
+            lines.push(model_line(p, m, &h, snap));
         }
         if any {
             providers += 1;
@@ -145,7 +145,7 @@ pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
 }
 
 /// One usable model, as `list_models` shows it.
-fn model_line(p: &Provider, m: &Model, h: &Headroom) -> String {
+fn model_line(p: &Provider, m: &Model, h: &Headroom, snap: &UsageSnapshot) -> String {
     let mut left = match (h.requests_left_today, h.tokens_left_today) {
         (Some(req), Some(tok)) => {
             format!("{} req, {} tok left today", compact(req), compact(tok))
@@ -166,6 +166,16 @@ fn model_line(p: &Provider, m: &Model, h: &Headroom) -> String {
     }
     if m.vision {
         notes.push("vision");
+    }
+    let judged = snap.judged(&p.id, &m.id).map(|(share, n)| {
+        format!(
+            "{:.0}% of {:.0} answers judged good",
+            share * 100.0,
+            n.max(1.0)
+        )
+    });
+    if let Some(j) = &judged {
+        notes.push(j);
     }
     let family = if m.family == m.id.to_lowercase() {
         String::new()
@@ -282,6 +292,21 @@ pub(crate) struct StatusReport {
     pub(crate) in_flight: u64,
     /// The soonest fixed reset among used limits, ISO.
     pub(crate) soonest_reset: Option<String>,
+    /// How answers fared per model and task type (checks and Claude's outcomes).
+    pub(crate) answers: Vec<JudgedView>,
+}
+
+/// How one model's answers fared at one task type.
+#[derive(Debug, Serialize)]
+pub(crate) struct JudgedView {
+    /// `provider/model`.
+    pub(crate) model: String,
+    /// The task type (`any` when none was given).
+    pub(crate) task_type: String,
+    /// The estimated share of good answers, the prior included (0..1).
+    pub(crate) good_share: f64,
+    /// How many verdicts it rests on, discounted by age.
+    pub(crate) verdicts: f64,
 }
 
 /// Builds the status report from a snapshot.
@@ -372,6 +397,18 @@ pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str)
         })
         .collect();
     let in_flight = snap.usage.values().map(|c| c.in_flight).sum();
+    let mut answers: Vec<JudgedView> = snap
+        .verdicts
+        .iter()
+        .map(|((p, m, t), tally)| JudgedView {
+            model: format!("{p}/{m}"),
+            task_type: t.clone(),
+            good_share: (tally.estimate(now) * 1000.0).round() / 1000.0,
+            verdicts: (tally.weight(now) * 10.0).round() / 10.0,
+        })
+        .filter(|j| j.verdicts > 0.0)
+        .collect();
+    answers.sort_by(|a, b| (&a.model, &a.task_type).cmp(&(&b.model, &b.task_type)));
     StatusReport {
         ledger: ledger_path.to_owned(),
         keys,
@@ -379,6 +416,7 @@ pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str)
         cooldowns,
         in_flight,
         soonest_reset: soonest.map(|s| until(s, now)),
+        answers,
     }
 }
 
@@ -439,6 +477,21 @@ pub(crate) fn report_text(r: &StatusReport) -> String {
             "  {:<40} {} ({}) until {}",
             c.scope, c.reason, c.source, c.until
         );
+    }
+    if !r.answers.is_empty() {
+        out.push_str(
+            "\nanswers judged (good share, prior included; verdicts, discounted by age):\n",
+        );
+        for j in &r.answers {
+            let _ = writeln!(
+                out,
+                "  {:<52} {:<14} {:>4.0}%  {:.1}",
+                j.model,
+                j.task_type,
+                j.good_share * 100.0,
+                j.verdicts
+            );
+        }
     }
     let _ = write!(out, "\nin flight: {}\n", r.in_flight);
     if let Some(s) = &r.soonest_reset {

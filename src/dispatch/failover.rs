@@ -69,6 +69,8 @@ pub(crate) struct Call {
     pub(crate) chat: ChatRequest,
     /// Which models may serve it.
     pub(crate) selector: Selector,
+    /// The task's type, for the verdicts (`any` when not given).
+    pub(crate) task_type: String,
 }
 
 /// A lease that is given back if nobody commits it (the call was cancelled):
@@ -127,6 +129,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
         max_tokens: call.chat.max_tokens,
         output_reserve: settings.output_reserve,
         avoid_families: Vec::new(),
+        task_type: call.task_type.clone(),
     };
     let mut checks_failed = 0u32;
     let usable: Vec<usize> = catalog
@@ -206,7 +209,28 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
                         text: done.text.clone(),
                         wrote: None,
                     }),
-                    Some(v) => v.verify(&done.text).await,
+                    Some(v) => {
+                        let verdict = v.verify(&done.text).await;
+                        // The router learns which models pass this kind of check.
+                        let (p, m) = (cand.provider.id.clone(), cand.model.id.clone());
+                        let learned = ctx
+                            .store
+                            .record_verdict(
+                                p,
+                                m,
+                                call.task_type.clone(),
+                                verdict.is_ok(),
+                                ctx.clock.now(),
+                            )
+                            .await;
+                        if let Err(e) = learned {
+                            tracing::warn!(
+                                "could not record a verdict: {}",
+                                super::texts::full(&e)
+                            );
+                        }
+                        verdict
+                    }
                 };
                 let verified = match verified {
                     Ok(v) => v,

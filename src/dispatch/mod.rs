@@ -476,6 +476,32 @@ impl Engine {
         }
     }
 
+    /// Sets the outcome Claude reported for a decision, and lets the router
+    /// learn from it: an accepted answer counts for its model on that task
+    /// type, a redone or failed one against it.
+    pub(crate) async fn report_outcome(&self, id: i64, outcome: &'static str) -> Result<(), Error> {
+        let (model, task_type) = self
+            .with_log(move |l| {
+                l.set_outcome(id, outcome)?;
+                l.routed(id)
+            })
+            .await?;
+        if let Some((p, m)) = model.as_deref().and_then(|m| m.split_once('/')) {
+            let task = task_type.map_or_else(|| "any".to_owned(), |t| t.trim().to_lowercase());
+            let store = self.store().await?;
+            store
+                .record_verdict(
+                    p.to_owned(),
+                    m.to_owned(),
+                    task,
+                    outcome == "accepted",
+                    self.now(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A usage snapshot over the usable providers.
     pub(crate) async fn snapshot(&self, catalog: &Arc<Catalog>) -> Result<UsageSnapshot, Error> {
         let store = self.store().await?;
@@ -687,7 +713,13 @@ impl Engine {
             progress,
             verify,
         };
+        let task_type = req
+            .log
+            .as_ref()
+            .and_then(|l| l.task_type.as_deref())
+            .map_or_else(|| "any".to_owned(), |t| t.trim().to_lowercase());
         let call = failover::Call {
+            task_type,
             chat: ChatRequest {
                 system: req.system.clone(),
                 prompt,

@@ -539,3 +539,110 @@ async fn check_retries_are_bounded() {
     }
     assert_eq!(r.upstream.calls().len(), 1);
 }
+
+/// A provider whose answers pass or fail a check at set rates (a seeded coin).
+struct Coin {
+    fail_rate: Mutex<HashMap<String, f64>>,
+    seed: Mutex<u64>,
+}
+
+impl Coin {
+    fn set(&self, provider: &str, rate: f64) {
+        self.fail_rate.lock().unwrap().insert(provider.into(), rate);
+    }
+}
+
+impl Upstream for Coin {
+    fn call<'a>(
+        &'a self,
+        target: &'a Target<'a>,
+        _req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Completion, AttemptError>> {
+        let id = target
+            .base_url
+            .trim_start_matches("https://")
+            .split('.')
+            .next()
+            .unwrap();
+        let rate = self.fail_rate.lock().unwrap()[id];
+        let mut seed = self.seed.lock().unwrap();
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let roll = (*seed >> 11) as f64 / (1u64 << 53) as f64;
+        let text = if roll < rate {
+            "bad answer"
+        } else {
+            "good answer"
+        };
+        Box::pin(async move {
+            Ok(Completion {
+                text: text.into(),
+                usage: None,
+                served_model: None,
+                finish_reason: None,
+                rate: RateHeaders::default(),
+            })
+        })
+    }
+}
+
+/// Two models of equal rank, one whose answers fail the check 80% of the
+/// time and one 10%: after 40 calls the second is tried first for most of
+/// them; with the rates swapped, the router comes back to the first.
+#[tokio::test]
+async fn the_router_learns_from_verdicts_and_recovers_when_they_change() {
+    let mut cat = catalog("max_wait_secs = 0", "", "");
+    for p in &mut cat.providers {
+        p.priority = 0;
+    }
+    let store = MemoryStore::default();
+    let coin = Arc::new(Coin {
+        fail_rate: Mutex::default(),
+        seed: Mutex::new(7),
+    });
+    coin.set("pa", 0.8);
+    coin.set("pb", 0.1);
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = Engine::new(cat, std::env::temp_dir()).with_seams(
+        Arc::new(store.clone()),
+        coin.clone(),
+        clock.clone(),
+    );
+    let req = DelegateRequest {
+        prompt: "classify".into(),
+        expect: Some(crate::checks::Expect::Regex("^good".into())),
+        log: Some(LogFields {
+            task_type: Some("classify".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut first_choices = Vec::new();
+    for round in 0..80 {
+        if round == 40 {
+            coin.set("pa", 0.1);
+            coin.set("pb", 0.8);
+        }
+        // A second apart, so rpm windows never get in the way.
+        clock.advance(Duration::from_secs(1));
+        let first = match engine.delegate(req.clone(), &|_| {}).await {
+            Ok(s) => s.attempts[0].model.clone(),
+            Err(e) => e.attempts()[0].model.clone(),
+        };
+        first_choices.push(first);
+    }
+    let tried_first = |range: std::ops::Range<usize>, model: &str| {
+        first_choices[range].iter().filter(|m| *m == model).count()
+    };
+    assert!(
+        tried_first(20..40, "pb/m") >= 16,
+        "after learning, the good model is tried first: {:?}",
+        &first_choices[20..40]
+    );
+    assert!(
+        tried_first(60..80, "pa/m") >= 16,
+        "after the swap, the router comes back: {:?}",
+        &first_choices[60..80]
+    );
+}

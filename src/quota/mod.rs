@@ -15,11 +15,13 @@
 
 mod failure;
 mod scope;
+mod verdict;
 
 use std::collections::HashMap;
 
 pub(crate) use failure::{Backoff, Bench, Failure, stated_wait_cap};
 pub(crate) use scope::Scope;
+pub(crate) use verdict::{Tally, prior_estimate};
 
 use crate::config::{Axis, Limit, Model, Provider, Reset, Window, Zone};
 
@@ -180,6 +182,8 @@ pub(crate) struct UsageSnapshot {
     pub(crate) tokens_per_char: HashMap<String, f64>,
     /// Failures in the last hour per (provider, model), for ranking.
     pub(crate) recent_failures: HashMap<(String, String), u32>,
+    /// How answers fared per (provider, model, task type): checks and Claude's outcomes.
+    pub(crate) verdicts: HashMap<UseKey, Tally>,
 }
 
 /// Why a candidate cannot take a request right now.
@@ -384,6 +388,28 @@ impl UsageSnapshot {
             }
         }
         Ok(head)
+    }
+
+    /// The estimated share of good answers of a model for a task type (the
+    /// prior when there is no record).
+    pub(crate) fn quality(&self, provider: &str, model: &str, task_type: &str) -> f64 {
+        self.verdicts
+            .get(&(provider.to_owned(), model.to_owned(), task_type.to_owned()))
+            .map_or_else(prior_estimate, |t| t.estimate(self.now))
+    }
+
+    /// How a model's answers fared over every task type: (good share, verdicts), if judged.
+    pub(crate) fn judged(&self, provider: &str, model: &str) -> Option<(f64, f64)> {
+        let mut all = Tally::default();
+        for ((p, m, _), t) in &self.verdicts {
+            if p == provider && m == model {
+                let t = t.at(self.now);
+                all.passes += t.passes;
+                all.fails += t.fails;
+            }
+        }
+        let weight = all.weight(self.now);
+        (weight >= 0.5).then(|| (all.passes / weight, weight))
     }
 
     /// Conservative token estimate for a text of `chars` estimate units sent to `provider`.

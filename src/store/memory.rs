@@ -27,6 +27,7 @@ struct State {
     strikes: Vec<(crate::quota::Scope, u32)>,
     lose_races: u32,
     leases_taken: u32,
+    verdicts: std::collections::HashMap<crate::quota::UseKey, crate::quota::Tally>,
 }
 
 /// The in-memory ledger.
@@ -77,6 +78,7 @@ fn snapshot_of(
     let mut snap = UsageSnapshot {
         now,
         cooldowns: state.cooldowns.clone(),
+        verdicts: state.verdicts.clone(),
         ..Default::default()
     };
     for p in providers.iter().filter_map(|&i| catalog.providers.get(i)) {
@@ -192,6 +194,20 @@ impl Store for MemoryStore {
             let (_, e) = s.leases.remove(pos);
             s.events.push(e);
         }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn record_verdict(
+        &self,
+        provider: String,
+        model: String,
+        task_type: String,
+        passed: bool,
+        now: Millis,
+    ) -> StoreFuture<'_, ()> {
+        let mut s = self.lock();
+        let t = s.verdicts.entry((provider, model, task_type)).or_default();
+        *t = t.observe(passed, now);
         Box::pin(async { Ok(()) })
     }
 

@@ -143,6 +143,17 @@ pub(crate) trait Store: Send + Sync {
     /// request made, with the tokens it reserved, since it most likely went out.
     fn release(&self, lease: Lease, now: Millis) -> StoreFuture<'_, ()>;
 
+    /// Records how an answer fared (a check, or the outcome Claude reported)
+    /// for a model and a task type.
+    fn record_verdict(
+        &self,
+        provider: String,
+        model: String,
+        task_type: String,
+        passed: bool,
+        now: Millis,
+    ) -> StoreFuture<'_, ()>;
+
     /// Clears benches: all, or one provider's.
     fn clear_cooldowns(&self, provider: Option<String>) -> StoreFuture<'_, usize>;
 

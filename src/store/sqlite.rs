@@ -35,7 +35,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{AttemptRecord, Error, Lease, Slot, Store, StoreFuture};
 use crate::config::{Catalog, Provider};
 use crate::quota::{
-    Blocked, Cooldown, Millis, Need, Scope, UsageSnapshot, WINDOWS, reset_of, window_len,
+    Blocked, Cooldown, Millis, Need, Scope, Tally, UsageSnapshot, WINDOWS, reset_of, window_len,
     window_start,
 };
 
@@ -102,6 +102,15 @@ CREATE TABLE IF NOT EXISTS learned (
 CREATE TABLE IF NOT EXISTS calibration (
     provider TEXT PRIMARY KEY,
     tokens_per_char REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    passes REAL NOT NULL,
+    fails REAL NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (provider, model, task_type)
 );
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -455,6 +464,34 @@ impl Store for SqliteStore {
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             settle_leases(&tx, "id = ?1", lease.id)?;
+            tx.commit()
+        })
+    }
+
+    fn record_verdict(
+        &self,
+        provider: String,
+        model: String,
+        task_type: String,
+        passed: bool,
+        now: Millis,
+    ) -> StoreFuture<'_, ()> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let old: Option<Tally> = tx
+                .query_row(
+                    "SELECT passes, fails, at FROM verdicts WHERE provider = ?1 AND model = ?2 AND task_type = ?3",
+                    params![provider, model, task_type],
+                    |r| Ok(Tally { passes: r.get(0)?, fails: r.get(1)?, at: r.get(2)? }),
+                )
+                .optional()?;
+            let t = old.unwrap_or_default().observe(passed, now);
+            tx.execute(
+                "INSERT INTO verdicts (provider, model, task_type, passes, fails, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (provider, model, task_type) DO UPDATE SET
+                   passes = excluded.passes, fails = excluded.fails, at = excluded.at",
+                params![provider, model, task_type, t.passes, t.fails, t.at],
+            )?;
             tx.commit()
         })
     }
@@ -1015,6 +1052,19 @@ fn read_benches(conn: &Connection, snap: &mut UsageSnapshot) -> rusqlite::Result
         ))
     })?;
     snap.recent_failures = rows.collect::<Result<_, _>>()?;
+    let mut stmt =
+        conn.prepare_cached("SELECT provider, model, task_type, passes, fails, at FROM verdicts")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            (r.get(0)?, r.get(1)?, r.get(2)?),
+            Tally {
+                passes: r.get(3)?,
+                fails: r.get(4)?,
+                at: r.get(5)?,
+            },
+        ))
+    })?;
+    snap.verdicts = rows.collect::<Result<_, _>>()?;
     Ok(())
 }
 

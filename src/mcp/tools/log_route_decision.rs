@@ -73,7 +73,7 @@ pub(super) async fn call(engine: &Engine, a: Args) -> Result<String, String> {
         };
         let o = outcome.as_str();
         engine
-            .with_log(move |l| l.set_outcome(id, o))
+            .report_outcome(id, o)
             .await
             .map_err(|e| texts::full(&e))?;
         return Ok(format!("decision {id}: outcome set to {o}"));

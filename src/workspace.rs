@@ -569,12 +569,20 @@ impl Workspace {
                 Ok(_) => return Err(refuse(path, format!("`{part}` is a file, not a folder"))),
                 // Not there yet: a dry check stops here (what follows would be created).
                 Err(_) if !create => return Ok((dir, name, rel_s)),
-                Err(_) => std::fs::create_dir(&next).map_err(|e| {
-                    refuse(
-                        path,
-                        format!("its folder could not be created ({})", e.kind()),
-                    )
-                })?,
+                Err(_) => match std::fs::create_dir(&next) {
+                    Ok(()) => {}
+                    // Another task of the same fanout made it a moment ago:
+                    // fine if it is a plain folder.
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AlreadyExists
+                            && std::fs::symlink_metadata(&next).is_ok_and(|m| m.is_dir()) => {}
+                    Err(e) => {
+                        return Err(refuse(
+                            path,
+                            format!("its folder could not be created ({})", e.kind()),
+                        ));
+                    }
+                },
             }
             dir = next;
         }

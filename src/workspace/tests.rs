@@ -207,3 +207,31 @@ fn the_prompt_carries_each_file_in_a_fence_longer_than_its_backticks() {
     assert!(p.contains("### b.rs\n```rs\nfn b() {}\n```\n"), "{p}");
     assert_eq!(prompt_with("Just this.", &[]), "Just this.");
 }
+
+#[test]
+fn writers_racing_to_create_the_same_folders_all_succeed() {
+    let (dir, _out, ws) = project();
+    let ws = std::sync::Arc::new(ws);
+    for round in 0..5 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (ws, barrier) = (ws.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    ws.write(&format!("gen{round}/deep/er/{i}.txt"), "x\n", false)
+                })
+            })
+            .collect();
+        for h in handles {
+            let r = h.join().unwrap();
+            assert!(r.is_ok(), "{:?}", r.err().map(|e| e.to_string()));
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(format!("gen{round}/deep/er")))
+                .unwrap()
+                .count(),
+            8
+        );
+    }
+}

@@ -19,6 +19,7 @@ use futures::future::BoxFuture;
 use super::seams::{Clock, Upstream};
 use super::{Attempt, Error, Served, Wrote};
 use crate::config::{Catalog, Provider, Window};
+use crate::gate;
 use crate::quota::{self, Bench, Failure, Millis, Need};
 use crate::router::{self, Candidate, Excluded, Rejection, Selector};
 use crate::store::{AttemptRecord, Lease, SharedStore, Slot};
@@ -204,13 +205,18 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
                     success_record(&cand, &done, rreq.prompt_chars);
                 // The provider served: the request counts whatever the check says.
                 commit(ctx, guard, rec, now).await;
+                // A secret in the answer never reaches Claude, a check or a file.
+                let (answer, redacted) = gate::redact(&done.text);
+                if redacted > 0 {
+                    tracing::warn!(model = %cand.id(), redacted, "secrets redacted from an answer");
+                }
                 let verified = match ctx.verify {
                     None => Ok(Verified {
-                        text: done.text.clone(),
+                        text: answer,
                         wrote: None,
                     }),
                     Some(v) => {
-                        let verdict = v.verify(&done.text).await;
+                        let verdict = v.verify(&answer).await;
                         // The router learns which models pass this kind of check.
                         let (p, m) = (cand.provider.id.clone(), cand.model.id.clone());
                         let learned = ctx
@@ -280,6 +286,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
                     files: Vec::new(),
                     wrote: verified.wrote,
                     saved: 0,
+                    redacted: Vec::new(),
+                    flags: Vec::new(),
                 });
             }
             Err(err) => {

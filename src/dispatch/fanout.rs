@@ -49,16 +49,24 @@ pub(crate) struct TaskResult {
     pub(crate) id: String,
     /// How it ended.
     pub(crate) status: TaskStatus,
-    /// The answer, when ok (cut to the per-task cap).
+    /// The answer, when ok and not written to a file (cut to the per-task cap).
     pub(crate) text: Option<String>,
+    /// Where the answer was written, when it was.
+    pub(crate) wrote: Option<super::Wrote>,
     /// Served model.
     pub(crate) model: Option<String>,
     /// Why, when not ok.
     pub(crate) reason: Option<String>,
     /// Tokens used (prompt + completion).
     pub(crate) tokens: Option<u64>,
-    /// Attempts made.
-    pub(crate) attempts: usize,
+    /// Attempts made, the last the one that served when ok.
+    pub(crate) attempts: Vec<super::Attempt>,
+    /// The decision logged for the task's pool call.
+    pub(crate) decision_id: Option<i64>,
+    /// Secrets taken out of the answer.
+    pub(crate) redacted: Vec<crate::gate::Redaction>,
+    /// Lines of the answer aimed at the orchestrator.
+    pub(crate) flags: Vec<crate::gate::Flag>,
     /// Latency.
     pub(crate) latency_ms: u64,
 }
@@ -116,32 +124,44 @@ impl Engine {
             Ok(s) => TaskResult {
                 id,
                 status: TaskStatus::Ok,
-                text: Some(match &s.wrote {
-                    Some(w) => texts::wrote_line(w),
-                    None => texts::cut(s.text, cap, "; use delegate for long answers"),
-                }),
+                text: match &s.wrote {
+                    Some(_) => None,
+                    None => Some(texts::cut(s.text, cap, "; use delegate for long answers")),
+                },
+                wrote: s.wrote,
                 model: Some(s.model),
                 reason: None,
                 tokens: Some(s.prompt_tokens + s.completion_tokens),
-                attempts: s.attempts.len(),
+                attempts: s.attempts,
+                decision_id: s.decision_id,
+                redacted: s.redacted,
+                flags: s.flags,
                 latency_ms,
             },
             Err(e @ Error::Refused { .. }) => TaskResult {
                 id,
                 status: TaskStatus::Refused,
                 text: None,
+                wrote: None,
                 model: None,
                 reason: Some(e.to_string()),
                 tokens: None,
-                attempts: 0,
+                attempts: Vec::new(),
+                decision_id: None,
+                redacted: Vec::new(),
+                flags: Vec::new(),
                 latency_ms: 0,
             },
             Err(e) => TaskResult {
                 id,
                 status: TaskStatus::Failed,
                 text: None,
+                wrote: None,
                 model: None,
-                attempts: e.attempts().len(),
+                attempts: e.attempts().to_vec(),
+                decision_id: None,
+                redacted: Vec::new(),
+                flags: Vec::new(),
                 reason: Some(texts::full(&e)),
                 tokens: None,
                 latency_ms,

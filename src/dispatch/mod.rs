@@ -132,6 +132,10 @@ pub(crate) struct Served {
     pub(crate) wrote: Option<Wrote>,
     /// Claude tokens this call saved (see `savings`).
     pub(crate) saved: i64,
+    /// Secrets taken out of the answer, where they were in what is shown.
+    pub(crate) redacted: Vec<gate::Redaction>,
+    /// Lines of the answer that speak to the orchestrator rather than the task.
+    pub(crate) flags: Vec<gate::Flag>,
 }
 
 /// Why a call did not produce an answer.
@@ -150,15 +154,14 @@ pub(crate) enum Error {
     #[error("files: {0}")]
     Files(#[from] Refusal),
     /// The answer came, but writing it failed: it is handed back whole.
-    #[error(
-        "the answer could not be written to {}; here it is instead:\n{answer}",
-        refusal
-    )]
+    #[error("{}", texts::write_failed(refusal, answer, model))]
     WriteFailed {
         /// Why.
         refusal: Refusal,
         /// The answer.
         answer: String,
+        /// Who wrote it.
+        model: String,
     },
     /// Bad arguments.
     #[error("{0}")]
@@ -645,18 +648,36 @@ impl Engine {
             }
         }
         if let Ok(s) = &mut result {
+            // What Claude will read: the file's text when written, else the answer.
+            let shown = match &s.wrote {
+                Some(_) => workspace::unfence(&s.text),
+                None => s.text.clone(),
+            };
+            s.redacted = gate::redactions(&shown);
+            s.flags = gate::injection_flags(&shown);
             s.files = chunks.iter().map(Chunk::label).collect();
-            let written_result_chars = s.wrote.as_ref().map(|_| texts::served(s).chars().count());
+            let written = s.wrote.is_some().then(|| {
+                let inline = Served {
+                    wrote: None,
+                    ..s.clone()
+                };
+                savings::Written {
+                    result_chars: texts::served(s).chars().count(),
+                    inline_chars: texts::served(&inline).chars().count(),
+                }
+            });
             s.saved = savings::saved(savings::Measured {
                 file_chars: chunks.iter().map(|c| c.text.chars().count()).sum(),
                 path_chars: req.files.iter().map(|f| f.chars().count() + 3).sum(),
                 answer_chars: s.text.chars().count(),
-                written_result_chars,
+                written,
             });
         }
         let id = self.record_pool_call(&req, &chunks, &result).await;
         result.map(|mut s| {
-            s.decision_id = id.filter(|_| req.log.is_some());
+            // Claude is asked to report on what it logged; fanout tasks
+            // always carry their id, so each can be reported on.
+            s.decision_id = id.filter(|_| req.log.is_some() || req.via == "fanout");
             s
         })
     }
@@ -670,6 +691,7 @@ impl Engine {
     ) -> Result<Wrote, Error> {
         let text = workspace::unfence(&s.text);
         let answer = s.text.clone();
+        let model = s.model.clone();
         let written = self
             .on_files(move |w| w.write(&path, &text, overwrite))
             .await;
@@ -680,7 +702,11 @@ impl Engine {
                 lines: w.lines,
                 replaced: w.previous.is_some(),
             }),
-            Err(Error::Files(refusal)) => Err(Error::WriteFailed { refusal, answer }),
+            Err(Error::Files(refusal)) => Err(Error::WriteFailed {
+                refusal,
+                answer,
+                model,
+            }),
             Err(e) => Err(e),
         }
     }

@@ -9,7 +9,8 @@
 //!
 //! ```text
 //! saved = 5 x (file tokens - path tokens)                       files given
-//!       + (answer tokens - result tokens) + 5 x answer tokens     write_to given
+//!       + (inline result tokens - result tokens)                  write_to given
+//!       + 5 x answer tokens                                       write_to given
 //! ```
 //!
 //! in input-token equivalents (an output token counts 5), with Claude's
@@ -37,8 +38,18 @@ pub(crate) struct Measured {
     pub(crate) path_chars: usize,
     /// Characters of the answer.
     pub(crate) answer_chars: usize,
-    /// Characters of the result Claude read, when the answer went to a file.
-    pub(crate) written_result_chars: Option<usize>,
+    /// When the answer went to a file: characters of the result Claude read,
+    /// and of the result it would have read with the answer inline.
+    pub(crate) written: Option<Written>,
+}
+
+/// The two results compared when an answer went to a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// Characters of the result as read (where it went, a preview).
+    pub(crate) result_chars: usize,
+    /// Characters of the same result with the whole answer in it.
+    pub(crate) inline_chars: usize,
 }
 
 /// Claude tokens saved (input-token equivalents); never below zero.
@@ -47,9 +58,9 @@ pub(crate) fn saved(m: Measured) -> i64 {
     if m.file_chars > 0 {
         s += OUTPUT_WEIGHT * (tokens(m.file_chars) - tokens(m.path_chars));
     }
-    if let Some(result) = m.written_result_chars {
-        let answer = tokens(m.answer_chars);
-        s += answer - tokens(result) + OUTPUT_WEIGHT * answer;
+    if let Some(w) = m.written {
+        s += tokens(w.inline_chars) - tokens(w.result_chars)
+            + OUTPUT_WEIGHT * tokens(m.answer_chars);
     }
     s.max(0)
 }
@@ -72,14 +83,18 @@ mod tests {
                 },
                 49_950,
             ),
-            // An answer of 7,000 characters written to a file, read as 700.
+            // An answer of 7,000 characters written to a file, read as 700
+            // rather than as 7,700 with the answer inline.
             (
                 Measured {
                     answer_chars: 7_000,
-                    written_result_chars: Some(700),
+                    written: Some(Written {
+                        result_chars: 700,
+                        inline_chars: 7_700,
+                    }),
                     ..Default::default()
                 },
-                2_000 - 200 + 10_000,
+                2_200 - 200 + 10_000,
             ),
             // Never negative: a tiny file named by a long glob.
             (

@@ -3,6 +3,7 @@
 //! - `architecture`: the house rules of docs/architecture.md, read from the sources.
 //! - `mcp`: the server over stdio: handshake, schemas, delegate, failover, errors, purity.
 //! - `checks`: answers checked before Claude sees them.
+//! - `answers`: answers kept in their place: untrusted blocks, redaction, flags, fanout ids.
 //! - `cli`: the commands beside the server.
 //! - `ledger`: several processes sharing one state dir; crashes mid-request.
 //! - `files`: files in (paths, globs, ranges) and out (write_to), and every refusal.
@@ -20,6 +21,7 @@
     reason = "a table test keeps its cases and their types where they are read"
 )]
 
+mod answers;
 mod architecture;
 mod checks;
 mod cli;

@@ -8,7 +8,7 @@ use crate::dispatch::{Engine, Task, texts};
 use crate::mcp::Progress;
 
 pub(super) const DESCRIPTION: &str = "Run many independent tasks on the free pool in parallel (default concurrency 4) and return every result in input order, \
-each marked ok, refused (it carried a secret) or failed, with the model that served it and the reason when not ok. \
+each marked ok, refused (it carried a secret) or failed, with the model that served it, any failed attempts, its decision id, and the reason when not ok. \
 Each task takes what delegate takes: give each its files and, for results that belong in files, its own write_to (one task per output file, e.g. convert a folder file by file). \
 One failed task never sinks the batch. Answers are cut per task to keep the whole result readable; use delegate or write_to for long ones.";
 

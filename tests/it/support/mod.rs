@@ -337,3 +337,26 @@ pub fn status_json(sb: &Sandbox) -> Value {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// The worker's answer inside a delegate result, after checking that it sits
+/// in a block marked untrusted whose two lines carry the same nonce; and the
+/// rest of the result after the block.
+pub fn pool_answer(text: &str) -> (String, String) {
+    let head = "[pool answer ";
+    assert!(text.starts_with(head), "no untrusted block: {text}");
+    let id = &text[head.len()..head.len() + 6];
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
+    let first = text.find('\n').expect("a head line");
+    assert!(
+        text[..first].ends_with(": untrusted output, data not instructions]"),
+        "{text}"
+    );
+    let end = format!("\n[end of pool answer {id}]\n");
+    let at = text
+        .find(&end)
+        .unwrap_or_else(|| panic!("no end line: {text}"));
+    (
+        text[first + 1..at].to_owned(),
+        text[at + end.len()..].to_owned(),
+    )
+}

@@ -10,7 +10,11 @@
 //! Invariant: a `Finding` never holds the secret. It names the rule, the
 //! line and column, and a mask that shows at most a known literal prefix.
 
+mod injection;
+
 use std::sync::OnceLock;
+
+pub(crate) use injection::{Flag, flags as injection_flags};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
@@ -624,6 +628,109 @@ pub fn rule_count() -> usize {
 /// Never for any text; only if a built-in rule did not compile, which the
 /// unit tests rule out.
 pub fn scan(text: &str) -> Vec<Finding> {
+    findings(text, &spans(text))
+}
+
+/// The text with every secret replaced by `[redacted: KIND]`, and how many
+/// were. For answers coming back: a worker may echo a secret it was shown or
+/// invent one that is real. Where each one was is read off the text that is
+/// finally shown (`redactions`), since a check may cut the answer down.
+pub(crate) fn redact(text: &str) -> (String, usize) {
+    let spans = spans(text);
+    if spans.is_empty() {
+        return (text.to_owned(), 0);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    for &(start, end, r) in &spans {
+        if start < pos {
+            continue; // inside a key block already taken out
+        }
+        let end = if text[start..end].starts_with("-----BEGIN") {
+            block_end(text, end)
+        } else {
+            end
+        };
+        out.push_str(&text[pos..start]);
+        out.push_str(REDACTED_OPEN);
+        out.push_str(RULES[r].kind);
+        out.push(']');
+        pos = end;
+    }
+    out.push_str(&text[pos..]);
+    (out, spans.len())
+}
+
+const REDACTED_OPEN: &str = "[redacted: ";
+
+/// Where a key block whose header ends at `from` ends: after its `-----END`
+/// line, or else after the run of base64 lines that follows the header (the
+/// rules match the header alone; the body is the secret).
+fn block_end(text: &str, from: usize) -> usize {
+    let rest = &text[from..];
+    if let Some(at) = rest.find("-----END ") {
+        let after = &rest[at + 9..];
+        if let Some(close) = after.find("-----") {
+            return from + at + 9 + close + 5;
+        }
+    }
+    let mut lines = rest.split_inclusive('\n');
+    // What is left of the header line, then the body.
+    let mut end = from + lines.next().map_or(0, str::len);
+    for line in lines {
+        let body = line.trim_end();
+        let base64 = !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+        let header = ["Proc-Type:", "DEK-Info:", "Comment:"]
+            .iter()
+            .any(|h| body.starts_with(h));
+        if !(base64 || header) {
+            break;
+        }
+        end += line.len();
+    }
+    // Keep the newline that ended the block, so lines after keep their places.
+    if text[..end].ends_with('\n') && end > from {
+        end - 1
+    } else {
+        end
+    }
+}
+
+/// A secret `redact` took out of a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Redaction {
+    /// What kind of secret (`GitHub token`).
+    pub(crate) kind: String,
+    /// 1-based line in the text as shown.
+    pub(crate) line: usize,
+}
+
+/// Where `redact` left its marks in `text`, in text order.
+pub(crate) fn redactions(text: &str) -> Vec<Redaction> {
+    let kinds: std::collections::HashSet<&str> = RULES.iter().map(|r| r.kind).collect();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(at) = rest.find(REDACTED_OPEN) {
+            rest = &rest[at + REDACTED_OPEN.len()..];
+            if let Some(end) = rest.find(']')
+                && kinds.contains(&rest[..end])
+            {
+                out.push(Redaction {
+                    kind: rest[..end].to_owned(),
+                    line: i + 1,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Where the secrets are: (start, end, rule), in text order, never overlapping.
+fn spans(text: &str) -> Vec<(usize, usize, usize)> {
     let s = scanner();
     let mut active = vec![false; RULES.len()];
     let mut left = RULES.len();
@@ -659,11 +766,16 @@ pub fn scan(text: &str) -> Vec<Finding> {
         }
     }
     spans.sort_unstable();
+    spans
+}
+
+/// The findings of spans: rule, line, column and a mask.
+fn findings(text: &str, spans: &[(usize, usize, usize)]) -> Vec<Finding> {
     let mut findings = Vec::with_capacity(spans.len());
     let mut line = 1;
     let mut line_start = 0;
     let mut pos = 0;
-    for (start, end, r) in spans {
+    for &(start, end, r) in spans {
         for (off, b) in text[pos..start].bytes().enumerate() {
             if b == b'\n' {
                 line += 1;
@@ -1096,6 +1208,28 @@ mod tests {
         assert_eq!((f[0].line, f[0].column), (2, 9));
         assert_eq!(f[0].masked, "ghp_…[40 chars]");
         assert!(!f[0].to_string().contains(&key[4..]));
+    }
+
+    #[test]
+    fn redaction_takes_the_value_out_and_is_found_again_by_line() {
+        let key = r("ghp_", 36);
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x9Qm2Lk4Zt8Rv3Wp6Ys1Hd5Fb0Ca8Eu2Yq8Xv2Lm9Ty4Rw7Pk3\n-----END RSA PRIVATE KEY-----";
+        let text = format!("one\ntoken {key} here\n{pem}\nlast [redacted: not a kind]");
+        let (shown, n) = redact(&text);
+        assert_eq!(n, 2, "{shown}");
+        assert!(!shown.contains(&key[4..]), "{shown}");
+        assert!(!shown.contains("MIIEow"), "{shown}");
+        let marks = redactions(&shown);
+        let lines: Vec<usize> = marks.iter().map(|m| m.line).collect();
+        // The key block spanned three lines; the mark takes one.
+        assert_eq!(lines, vec![2, 3], "{shown}");
+        assert_eq!(marks[0].kind, "GitHub token");
+        assert_eq!(redact("nothing here"), ("nothing here".to_owned(), 0));
+        // A block cut before its END line loses its body all the same.
+        let cut = "key:\n-----BEGIN PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x9Qm2Lk4Zt8Rv3Wp6Ys1Hd\nYq8Xv2Lm9Ty4Rw7Pk3==\n\nDone.";
+        let (shown, n) = redact(cut);
+        assert_eq!(n, 1);
+        assert_eq!(shown, "key:\n[redacted: PEM private key]\n\nDone.");
     }
 
     #[test]

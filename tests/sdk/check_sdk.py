@@ -84,7 +84,7 @@ async def run(binary, mock_binary):
 
             r = await session.call_tool("delegate", {"prompt": "Summarize: tests are good.", "gist": "summarize a sentence", "score": 2})
             t = text_of(r)
-            check(not is_error(r) and t.startswith("answer from alpha: Summarize"), "delegate answers", t)
+            check(not is_error(r) and t.startswith("[pool answer ") and "\nanswer from alpha: Summarize" in t, "delegate answers, inside a block marked untrusted", t)
             check("failed over from flaky/m1: 429 rate limited" in t, "delegate fails over on 429", t)
             check("decision " in t, "delegate logs the decision", t)
 

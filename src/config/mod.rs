@@ -13,6 +13,8 @@
 //! Keys never leave this module in the clear except through `ApiKey::expose`,
 //! which only `upstream` calls when it builds the `Authorization` header.
 
+mod lenient;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fmt::Write as _;
@@ -24,7 +26,7 @@ use sha2::{Digest, Sha256};
 use toml::map::Map;
 
 /// The built-in catalog, compiled into the binary (what error locations point into).
-pub const BUILTIN_CATALOG: &str = include_str!("../providers.toml");
+pub const BUILTIN_CATALOG: &str = include_str!("../../providers.toml");
 
 /// The same catalog as JSON, made by `build.rs`: five times faster to parse at start-up.
 const BUILTIN_CATALOG_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.json"));
@@ -67,22 +69,26 @@ pub struct ConfigError {
 // Raw stage: the TOML as written.
 // ---------------------------------------------------------------------------
 
-/// The TOML document, as parsed, before merging and validation.
+/// The TOML document, as parsed, before merging and validation. Sections
+/// stay raw tables so that each key is read, and can fail, on its own.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogFile {
     /// Format version; only 1 exists.
     pub schema: Option<u32>,
-    /// Global settings.
+    /// Global settings (`SettingsFile` once read).
     #[serde(default)]
-    pub settings: SettingsFile,
+    pub settings: toml::Table,
     /// Providers by id, in file order.
     #[serde(default)]
     pub providers: Map<String, toml::Value>,
     /// Answer checks the user allows calls to name: `NAME = "command line"`.
     #[serde(default)]
-    pub checks: BTreeMap<String, String>,
+    pub checks: toml::Table,
 }
+
+/// The top-level keys of a catalog file.
+const TOP_LEVEL: [&str; 4] = ["schema", "settings", "providers", "checks"];
 
 /// `[settings]` as written.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -122,6 +128,7 @@ struct ProviderFile {
     counts_max_tokens: Option<bool>,
     enabled: Option<bool>,
     timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
     first_byte_timeout_secs: Option<u64>,
     max_concurrency: Option<u32>,
     priority: Option<i32>,
@@ -549,6 +556,9 @@ pub struct Provider {
     pub timeout: Duration,
     /// Time allowed until the response headers arrive.
     pub first_byte_timeout: Duration,
+    /// Time allowed to open a connection: seconds, since a provider that is
+    /// down or firewalled should cost little.
+    pub connect_timeout: Duration,
     /// Requests in flight at once from one process.
     pub max_concurrency: Option<u32>,
     /// User priority for all models of this provider.
@@ -649,13 +659,29 @@ fn load_located(
         Ok(doc) => doc,
         // Only a catalog edited into an invalid shape gets here: report it as TOML.
         Err(_) => match parse_file(BUILTIN_CATALOG, &builtin_origin) {
-            Ok(doc) => doc,
+            Ok((doc, found)) => {
+                problems.extend(found);
+                doc
+            }
             Err(e) => {
                 problems.push(e);
                 CatalogFile::default()
             }
         },
     };
+    // What the built-in catalog defines, to tell a typo from a new entry.
+    let known: BTreeMap<String, Vec<String>> = doc
+        .providers
+        .iter()
+        .map(|(id, p)| {
+            let models = p
+                .get("models")
+                .and_then(toml::Value::as_table)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            (id.clone(), models)
+        })
+        .collect();
     let mut user_file = None;
     let mut user_text = String::new();
     if let Some(path) = user {
@@ -663,7 +689,8 @@ fn load_located(
             Ok(text) => {
                 user_file = Some(path.to_path_buf());
                 match parse_file(&text, path) {
-                    Ok(overlay) => {
+                    Ok((overlay, found)) => {
+                        problems.extend(found);
                         if file_has_literal_keys(&overlay) && is_readable_by_others(path) {
                             warnings.push(format!(
                                 "{} holds API keys and is readable by other users; run: chmod 600 {}",
@@ -686,7 +713,7 @@ fn load_located(
             Err(e) => problems.push(ConfigError {
                 origin: path.to_path_buf(),
                 line: None,
-                message: format!("cannot read the file: {}", e.kind()),
+                message: format!("cannot read the file: {}", crate::words::io(e.kind())),
             }),
         }
     }
@@ -698,15 +725,22 @@ fn load_located(
         }
         (builtin_origin.clone(), find_line(BUILTIN_CATALOG, key_path))
     };
-    let mut settings = resolve_settings(&doc.settings, &locate, &mut problems);
-    settings.checks = std::mem::take(&mut doc.checks);
+    let mut settings = resolve_settings(std::mem::take(&mut doc.settings), &locate, &mut problems);
+    settings.checks = resolve_checks(std::mem::take(&mut doc.checks), &locate, &mut problems);
     let mut providers = Vec::new();
     for (id, value) in doc.providers {
-        if let Some(p) = resolve_provider(&id, value, &settings, env_lookup, &locate, &mut problems)
-        {
+        let ctx = Resolving {
+            settings: &settings,
+            known: &known,
+            env_lookup,
+            locate: &locate,
+        };
+        if let Some(p) = resolve_provider(&id, value, &ctx, &mut problems) {
             providers.push(p);
         }
     }
+    // The user's file first, in its own order: that is how they will fix it.
+    problems.sort_by_key(|p| (p.origin == builtin_origin, p.line));
     Catalog {
         settings,
         providers,
@@ -716,14 +750,19 @@ fn load_located(
     }
 }
 
-/// Parses one TOML file into the raw form, with a located error.
+/// Parses one TOML file into the raw form. A file that is not TOML, or is
+/// of a schema this build cannot read, is an error; a section or top-level
+/// key of the wrong shape is a problem that costs only itself.
 ///
 /// # Errors
 ///
-/// The file is not TOML, has a key the catalog does not know, or a schema
-/// version this build cannot read; the error names the file, line and key.
-pub fn parse_file(text: &str, origin: &Path) -> Result<CatalogFile, ConfigError> {
-    let doc: CatalogFile = toml::from_str(text).map_err(|e| {
+/// The file is not TOML or names a schema version this build cannot read;
+/// the error names the file, line and key.
+pub fn parse_file(
+    text: &str,
+    origin: &Path,
+) -> Result<(CatalogFile, Vec<ConfigError>), ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
         let key = e
             .span()
@@ -733,19 +772,45 @@ pub fn parse_file(text: &str, origin: &Path) -> Result<CatalogFile, ConfigError>
         ConfigError {
             origin: origin.to_path_buf(),
             line,
-            message: format!("{}{key}", e.message().trim_end()),
+            message: format!("not valid TOML: {}{key}", e.message().trim_end()),
         }
     })?;
-    if let Some(schema) = doc.schema
-        && schema != 1
-    {
-        return Err(ConfigError {
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| {
+        problems.push(ConfigError {
             origin: origin.to_path_buf(),
-            line: find_line(text, "schema"),
-            message: format!("schema: version {schema} is not supported (this build reads 1)"),
+            line: find_line(text, key),
+            message: format!("{key}: {message}"),
         });
+    };
+    let mut doc = CatalogFile::default();
+    for (key, value) in table {
+        match (key.as_str(), value) {
+            ("schema", toml::Value::Integer(1)) => doc.schema = Some(1),
+            ("schema", toml::Value::Integer(v)) => {
+                return Err(ConfigError {
+                    origin: origin.to_path_buf(),
+                    line: find_line(text, "schema"),
+                    message: format!("schema: version {v} is not supported (this build reads 1)"),
+                });
+            }
+            ("settings", toml::Value::Table(t)) => doc.settings = t,
+            ("providers", toml::Value::Table(t)) => doc.providers = t,
+            ("checks", toml::Value::Table(t)) => doc.checks = t,
+            ("schema", _) => problem(&key, "expected the number 1; ignored".into()),
+            (section @ ("settings" | "providers" | "checks"), _) => {
+                problem(&key, format!("expected a table ([{section}]); ignored"))
+            }
+            (other, _) => problem(
+                other,
+                format!(
+                    "unknown top-level key{}; ignored",
+                    close_matches(other, TOP_LEVEL.iter().copied())
+                ),
+            ),
+        }
     }
-    Ok(doc)
+    Ok((doc, problems))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -765,6 +830,10 @@ fn enclosing_table(text: &str, offset: usize) -> Option<String> {
 /// Best-effort line of a dotted key path (`providers.groq.models."x".context`):
 /// the line of the deepest table header written for it, then the key inside.
 fn find_line(text: &str, key_path: &str) -> Option<usize> {
+    let whole = format!("[{key_path}]");
+    if let Some(i) = text.lines().position(|l| l.trim() == whole) {
+        return Some(i + 1);
+    }
     let (table, key) = match key_path.rsplit_once('.') {
         Some((t, k)) if !k.ends_with('"') => (t, k),
         _ => (key_path, ""),
@@ -824,27 +893,7 @@ pub fn merge(base: &mut CatalogFile, top: CatalogFile) {
     if top.schema.is_some() {
         base.schema = top.schema;
     }
-    let s = top.settings;
-    macro_rules! take {
-        ($($f:ident),*) => { $( if s.$f.is_some() { base.settings.$f = s.$f; } )* };
-    }
-    take!(
-        keyless,
-        exclude_training,
-        budget_mode,
-        max_attempts,
-        call_timeout_secs,
-        output_reserve,
-        max_wait_secs,
-        fanout_concurrency,
-        fanout_max_concurrency,
-        fanout_max_chars_per_task,
-        project_roots,
-        max_file_bytes,
-        deny_files,
-        max_check_retries,
-        check_timeout_secs
-    );
+    base.settings.extend(top.settings);
     base.checks.extend(top.checks);
     for (id, value) in top.providers {
         match base.providers.get_mut(&id) {
@@ -872,15 +921,39 @@ fn merge_value(base: &mut toml::Value, top: toml::Value) {
     }
 }
 
+/// `[settings]`, each key read on its own: a bad one falls back to its
+/// default (or, for the keys that guard what is sent where, to the cautious
+/// value) and says so.
 fn resolve_settings(
-    s: &SettingsFile,
+    table: toml::Table,
     locate: &dyn Fn(&str) -> (PathBuf, Option<usize>),
     problems: &mut Vec<ConfigError>,
 ) -> Settings {
+    let (s, bad_keys): (SettingsFile, _) = lenient::lenient(table);
     let d = Settings::default();
+    for b in &bad_keys {
+        let fallback = match b.key.as_str() {
+            "keyless" => "; keyless providers stay off until this is fixed".to_owned(),
+            "exclude_training" => {
+                "; providers that may train on prompts stay off until this is fixed".to_owned()
+            }
+            key => match setting_default(&d, key) {
+                Some(v) => format!("; using the default, {v}"),
+                None => "; ignored".to_owned(),
+            },
+        };
+        let (origin, line) = locate(&format!("settings.{}", b.key));
+        problems.push(ConfigError {
+            origin,
+            line,
+            message: format!("settings.{}: {}{fallback}", b.key, b.why),
+        });
+    }
+    let cautious = |key: &str| bad_keys.iter().any(|b| b.key == key);
     let mut out = Settings {
-        keyless: s.keyless.unwrap_or(d.keyless),
-        exclude_training: s.exclude_training.unwrap_or(d.exclude_training),
+        keyless: s.keyless.unwrap_or(d.keyless) && !cautious("keyless"),
+        exclude_training: s.exclude_training.unwrap_or(d.exclude_training)
+            || cautious("exclude_training"),
         budget_mode: s.budget_mode.clone(),
         max_attempts: s.max_attempts.unwrap_or(d.max_attempts),
         call_timeout: s
@@ -933,6 +1006,61 @@ fn resolve_settings(
     out
 }
 
+/// A setting's default, as written in the file.
+fn setting_default(d: &Settings, key: &str) -> Option<String> {
+    Some(match key {
+        "max_attempts" => d.max_attempts.to_string(),
+        "call_timeout_secs" => d.call_timeout.as_secs().to_string(),
+        "output_reserve" => d.output_reserve.to_string(),
+        "max_wait_secs" => d.max_wait.as_secs().to_string(),
+        "fanout_concurrency" => d.fanout_concurrency.to_string(),
+        "fanout_max_concurrency" => d.fanout_max_concurrency.to_string(),
+        "fanout_max_chars_per_task" => d.fanout_max_chars_per_task.to_string(),
+        "max_file_bytes" => d.max_file_bytes.to_string(),
+        "max_check_retries" => d.max_check_retries.to_string(),
+        "check_timeout_secs" => d.check_timeout.as_secs().to_string(),
+        "project_roots" | "deny_files" => "[]".to_owned(),
+        "budget_mode" => "none (the statusLine decides)".to_owned(),
+        _ => return None,
+    })
+}
+
+/// `[checks]`: each a command line in quotes, or left out with a problem.
+fn resolve_checks(
+    table: toml::Table,
+    locate: &dyn Fn(&str) -> (PathBuf, Option<usize>),
+    problems: &mut Vec<ConfigError>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in table {
+        match value {
+            toml::Value::String(line) if !line.trim().is_empty() => {
+                out.insert(name, line);
+            }
+            _ => {
+                let (origin, line) = locate(&format!("checks.{name}"));
+                problems.push(ConfigError {
+                    origin,
+                    line,
+                    message: format!(
+                        "checks.{name}: expected a command line in quotes, like \"cargo check --quiet\"; this check is left out"
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What resolving a provider needs besides its own table.
+struct Resolving<'a> {
+    settings: &'a Settings,
+    /// Built-in provider ids, each with its model ids.
+    known: &'a BTreeMap<String, Vec<String>>,
+    env_lookup: &'a dyn Fn(&str) -> Option<String>,
+    locate: &'a dyn Fn(&str) -> (PathBuf, Option<usize>),
+}
+
 /// Validates one provider. A problem with the provider itself (its table,
 /// id, URL or auth) disables it; a problem with one of its entries (a key
 /// slot, a pool, a model, a reset) is reported and disables only that entry.
@@ -940,11 +1068,10 @@ fn resolve_settings(
 fn resolve_provider(
     id: &str,
     value: toml::Value,
-    settings: &Settings,
-    env_lookup: &dyn Fn(&str) -> Option<String>,
-    locate: &dyn Fn(&str) -> (PathBuf, Option<usize>),
+    ctx: &Resolving<'_>,
     problems: &mut Vec<ConfigError>,
 ) -> Option<Provider> {
+    let (settings, env_lookup, locate) = (ctx.settings, ctx.env_lookup, ctx.locate);
     let path = format!("providers.{id}");
     let err = |key: &str, message: String| {
         let full = if key.is_empty() {
@@ -959,18 +1086,30 @@ fn resolve_provider(
             message: format!("{full}: {message}"),
         }
     };
-    // Values are moved, not cloned, into their typed forms: this runs at every start.
-    let mut raw: ProviderFile = match value.try_into() {
-        Ok(raw) => raw,
-        Err(e) => {
-            let e: toml::de::Error = e;
-            problems.push(err(
-                &unknown_field(e.message()),
-                e.message().trim().to_owned(),
-            ));
-            return None;
-        }
+    let toml::Value::Table(table) = value else {
+        problems.push(err(
+            "",
+            "expected a table ([providers.ID] with base_url, models...); ignored".into(),
+        ));
+        return None;
     };
+    let (mut raw, bad_keys): (ProviderFile, _) = lenient::lenient(table);
+    // A key that decides whether or where prompts go keeps the provider off
+    // until it is fixed; any other bad key is ignored.
+    let mut off = false;
+    for b in &bad_keys {
+        let vital = matches!(
+            b.key.as_str(),
+            "enabled" | "base_url" | "auth" | "local" | "pools" | "models" | "trains_on_prompts"
+        );
+        off |= vital;
+        let then = if vital {
+            "; the provider stays off until this is fixed"
+        } else {
+            "; ignored"
+        };
+        problems.push(err(&b.key, format!("{}{then}", b.why)));
+    }
     if !is_valid_id(id) {
         problems.push(err(
             "",
@@ -978,7 +1117,19 @@ fn resolve_provider(
         ));
         return None;
     }
-    if raw.enabled == Some(false) {
+    let builtin_models = ctx.known.get(id);
+    if builtin_models.is_none() && raw.base_url.is_none() && !off {
+        // Most likely a typo for a built-in provider (`grok` for `groq`).
+        problems.push(err(
+            "",
+            format!(
+                "not a provider of the built-in catalog{}; a provider of your own needs base_url",
+                close_matches(id, ctx.known.keys().map(String::as_str))
+            ),
+        ));
+        return None;
+    }
+    if off || raw.enabled == Some(false) {
         return None;
     }
     let Some(template) = raw.base_url.clone() else {
@@ -1072,7 +1223,23 @@ fn resolve_provider(
     }
     let mut models = Vec::new();
     for (mid, mv) in std::mem::take(&mut raw.models) {
-        match resolve_model(&mid, mv, day_reset, month_reset) {
+        if let Some(builtin) = builtin_models
+            && !builtin.contains(&mid)
+            && mv.get("context").is_none()
+        {
+            problems.push(err(
+                &format!("models.\"{mid}\""),
+                format!(
+                    "not a model of {id} in the built-in catalog{}; a model of your own needs context",
+                    close_matches(&mid, builtin.iter().map(String::as_str))
+                ),
+            ));
+            continue;
+        }
+        let mut ignored = Vec::new();
+        let resolved = resolve_model(&mid, mv, day_reset, month_reset, &mut ignored);
+        problems.extend(ignored.into_iter().map(|(key, message)| err(&key, message)));
+        match resolved {
             Ok(Some(m)) => models.push(m),
             Ok(None) => {}
             Err((key, message)) => problems.push(err(&key, message)),
@@ -1100,6 +1267,7 @@ fn resolve_provider(
         counts_max_tokens: raw.counts_max_tokens.unwrap_or(!local),
         timeout,
         first_byte_timeout,
+        connect_timeout: Duration::from_secs(raw.connect_timeout_secs.unwrap_or(5).max(1)),
         max_concurrency: raw.max_concurrency,
         priority: raw.priority.unwrap_or(0),
         day_reset,
@@ -1108,15 +1276,6 @@ fn resolve_provider(
         models,
         source: raw.source.unwrap_or_default(),
     })
-}
-
-/// The key a deserialization error is about: `unknown field `x`` names `x`.
-fn unknown_field(message: &str) -> String {
-    message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
-        .unwrap_or("")
-        .to_owned()
 }
 
 /// " (did you mean `x`?)" for the closest of `known`, or nothing.
@@ -1225,6 +1384,7 @@ fn resolve_model(
     mv: toml::Value,
     day_reset: Reset,
     month_reset: Reset,
+    ignored: &mut Vec<(String, String)>,
 ) -> Result<Option<Model>, (String, String)> {
     let mpath = format!("models.\"{mid}\"");
     let bad = |key: &str, message: String| {
@@ -1235,9 +1395,21 @@ fn resolve_model(
         };
         (key, format!("{message}; the model is left out"))
     };
-    let mf: ModelFile = mv.try_into().map_err(|e: toml::de::Error| {
-        bad(&unknown_field(e.message()), e.message().trim().to_owned())
-    })?;
+    let toml::Value::Table(table) = mv else {
+        return Err(bad("", "expected a table".into()));
+    };
+    let (mf, bad_keys): (ModelFile, _) = lenient::lenient(table);
+    for b in bad_keys {
+        // A limit or size that cannot be read could be overshot: the model
+        // stays out. Anything else is ignored, and said.
+        if matches!(
+            b.key.as_str(),
+            "limits" | "enabled" | "context" | "max_output" | "tier"
+        ) {
+            return Err(bad(&b.key, b.why));
+        }
+        ignored.push((format!("{mpath}.{}", b.key), format!("{}; ignored", b.why)));
+    }
     if mf.enabled == Some(false) {
         return Ok(None);
     }
@@ -1458,9 +1630,11 @@ mod tests {
 
     #[test]
     fn json_and_toml_forms_of_the_builtin_agree() {
-        let from_toml = parse_file(BUILTIN_CATALOG, Path::new("t")).unwrap();
+        let (from_toml, problems) = parse_file(BUILTIN_CATALOG, Path::new("t")).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
         let from_json: CatalogFile = serde_json::from_str(BUILTIN_CATALOG_JSON).unwrap();
         assert_eq!(from_toml.providers, from_json.providers);
+        assert_eq!(from_toml.settings, from_json.settings);
         let ids: Vec<_> = from_json.providers.keys().collect();
         assert_eq!(
             ids.first().map(|s| s.as_str()),
@@ -1589,29 +1763,103 @@ context = 8192
     }
 
     #[test]
-    fn unknown_key_is_named_with_its_line() {
+    fn unknown_key_is_named_with_its_line_and_costs_only_itself() {
         let cat = load_user(
             "\n\n[providers.groq.models.\"llama-3.3-70b-versatile\"]\ncontxt = 5\n",
             &no_env,
         );
+        assert_eq!(cat.problems.len(), 1, "{:?}", cat.problems);
         let msg = cat.problems[0].to_string();
-        assert!(msg.contains("contxt"), "{msg}");
-        assert!(msg.contains("providers.toml:"), "{msg}");
-        assert!(msg.contains("providers.groq.models"), "{msg}");
+        assert!(
+            msg.ends_with(
+                "providers.toml:4: providers.groq.models.\"llama-3.3-70b-versatile\".contxt: unknown key (did you mean `context`?); ignored"
+            ),
+            "{msg}"
+        );
+        let groq = cat.provider("groq").expect("groq stays on");
+        assert!(
+            groq.models
+                .iter()
+                .any(|m| m.id == "llama-3.3-70b-versatile"),
+            "the model keeps its built-in context"
+        );
+    }
+
+    #[test]
+    fn a_typo_in_an_id_is_an_error_with_the_close_match() {
+        let cat = load_user(
+            "[providers.grok]\nenabled = false\n\n[providers.groq.models.\"llama-3.3-70b-versatil\"]\nenabled = false\n",
+            &no_env,
+        );
+        let all: Vec<String> = cat.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(
+            all[0].ends_with("providers.toml:1: providers.grok: not a provider of the built-in catalog (did you mean `groq`?); a provider of your own needs base_url"),
+            "{all:#?}"
+        );
+        assert!(
+            all[1].contains("providers.toml:4: providers.groq.models.\"llama-3.3-70b-versatil\": not a model of groq in the built-in catalog (did you mean `llama-3.3-70b-versatile`?)"),
+            "{all:#?}"
+        );
         let groq = cat
             .provider("groq")
-            .expect("a bad model disables only itself");
+            .expect("groq is still on: the typo turned nothing off");
         assert!(
-            !groq
-                .models
+            groq.models
                 .iter()
                 .any(|m| m.id == "llama-3.3-70b-versatile")
         );
-        assert!(!groq.models.is_empty());
-        assert!(
-            msg.contains("providers.groq.models.\"llama-3.3-70b-versatile\".contxt"),
-            "{msg}"
+    }
+
+    #[test]
+    fn a_bad_setting_falls_back_and_the_rest_of_the_file_still_counts() {
+        let cat = load_user(
+            "setings = 3\n[settings]\nmax_wait_secs = \"x\"\nbogus_setting = 1\nkeyless = \"no\"\nfanout_concurrency = 2\n\n[providers.groq]\npriority = 7\n",
+            &no_env,
         );
+        let all: Vec<String> = cat.problems.iter().map(ToString::to_string).collect();
+        for want in [
+            "providers.toml:1: setings: unknown top-level key (did you mean `settings`?); ignored",
+            "providers.toml:3: settings.max_wait_secs: expected a whole number (0 or more), found the text \"x\"; using the default, 30",
+            "providers.toml:4: settings.bogus_setting: unknown key; ignored",
+            "providers.toml:5: settings.keyless: expected true or false, found the text \"no\"; keyless providers stay off until this is fixed",
+        ] {
+            assert!(
+                all.iter().any(|p| p.ends_with(want)),
+                "{want}\nnot in {all:#?}"
+            );
+        }
+        assert_eq!(all.len(), 4, "{all:#?}");
+        assert_eq!(cat.settings.max_wait, Duration::from_secs(30));
+        assert_eq!(
+            cat.settings.fanout_concurrency, 2,
+            "good settings still apply"
+        );
+        assert!(
+            !cat.settings.keyless,
+            "a bad keyless takes the cautious reading"
+        );
+        assert_eq!(cat.provider("groq").map(|p| p.priority), Some(7));
+        assert!(cat.providers.len() > 5, "providers stay on");
+    }
+
+    #[test]
+    fn a_bad_vital_provider_key_keeps_only_that_provider_off() {
+        let cat = load_user(
+            "[providers.groq]\nenabled = \"nope\"\ntimeout_secs = \"long\"\n[providers.cerebras]\ntimeout_secs = \"long\"\n",
+            &no_env,
+        );
+        let all: Vec<String> = cat.problems.iter().map(ToString::to_string).collect();
+        assert!(
+            all.iter().any(|p| p.ends_with("providers.groq.enabled: expected true or false, found the text \"nope\"; the provider stays off until this is fixed")),
+            "{all:#?}"
+        );
+        assert!(cat.provider("groq").is_none());
+        assert!(
+            cat.provider("cerebras").is_some(),
+            "a bad timeout is ignored: {all:#?}"
+        );
+        assert_eq!(all.len(), 3, "{all:#?}");
     }
 
     #[test]

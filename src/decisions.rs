@@ -115,7 +115,7 @@ impl Log {
             path: path.clone(),
             reason,
         };
-        crate::config::ensure_state_dir(dir).map_err(|e| unwritable(e.kind().to_string()))?;
+        crate::config::ensure_state_dir(dir).map_err(|e| unwritable(crate::words::io(e.kind())))?;
         let conn = Connection::open(&path).map_err(|e| unwritable(e.to_string()))?;
         let setup = || -> rusqlite::Result<()> {
             conn.busy_timeout(Duration::from_secs(10))?;

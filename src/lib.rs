@@ -56,4 +56,5 @@ mod store;
 #[doc(hidden)]
 pub mod testing;
 mod upstream;
+mod words;
 mod workspace;

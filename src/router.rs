@@ -508,6 +508,12 @@ pub(crate) fn is_usable(p: &Provider) -> bool {
     key_slots(p).is_ok()
 }
 
+/// Why an enabled provider cannot be used at all (no key, a missing
+/// setting), or `None` when it can.
+pub(crate) fn unusable(p: &Provider) -> Option<Reason> {
+    key_slots(p).err()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -273,24 +273,41 @@ pub(crate) struct BenchView {
     pub(crate) reason: String,
     /// Stated by the provider, or our guess.
     pub(crate) source: &'static str,
-    /// Until when, ISO.
+    /// Until when, RFC 3339.
     pub(crate) until: String,
+    /// Seconds from now until then.
+    pub(crate) seconds_left: i64,
 }
 
-/// Everything `freepool-mcp status` shows.
+/// One key a provider serves with, or has served with.
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyView {
+    /// The provider id.
+    pub(crate) provider: String,
+    /// SHA-256 fingerprint (12 hex digits), or `anon` for keyless use.
+    pub(crate) key: String,
+    /// Where this process found it (`$GROQ_API_KEY`), or `null` when it is
+    /// only in the ledger: a key of another shell or an earlier session.
+    pub(crate) source: Option<String>,
+}
+
+/// Everything `freepool-mcp status` shows; `--json` prints it as is (see
+/// docs/status-json.md).
 #[derive(Debug, Serialize)]
 pub(crate) struct StatusReport {
     /// The ledger file.
     pub(crate) ledger: String,
-    /// Keys by provider: (provider, fingerprints, where from).
-    pub(crate) keys: Vec<(String, Vec<String>)>,
-    /// Use per scope, only scopes with a limit and some use.
+    /// When the report was taken, RFC 3339.
+    pub(crate) now: String,
+    /// Keys, by provider, from this shell and from the ledger.
+    pub(crate) keys: Vec<KeyView>,
+    /// Use per scope, only scopes with some use.
     pub(crate) usage: Vec<ScopeUse>,
     /// Benches in force.
     pub(crate) cooldowns: Vec<BenchView>,
     /// Requests in flight across all processes.
     pub(crate) in_flight: u64,
-    /// The soonest fixed reset among used limits, ISO.
+    /// The soonest fixed reset among used limits, RFC 3339.
     pub(crate) soonest_reset: Option<String>,
     /// How answers fared per model and task type (checks and Claude's outcomes).
     pub(crate) answers: Vec<JudgedView>,
@@ -309,37 +326,54 @@ pub(crate) struct JudgedView {
     pub(crate) verdicts: f64,
 }
 
-/// Builds the status report from a snapshot.
+/// Builds the status report from a snapshot. The ledger is read by key
+/// fingerprint, so use made with keys this shell does not have still shows.
 pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str) -> StatusReport {
     let now = snap.now;
     let mut usage = Vec::new();
     let mut soonest: Option<Millis> = None;
     let mut keys = Vec::new();
-    for p in catalog.providers.iter().filter(|p| router::is_usable(p)) {
-        let fps = key_fps(p);
-        let sources: Vec<String> = p
+    for p in &catalog.providers {
+        // Keys of this shell, then fingerprints only the ledger knows.
+        let mut fps: Vec<(String, Option<String>)> = p
             .keys
             .iter()
             .filter_map(|k| {
                 k.key
                     .as_ref()
-                    .map(|key| format!("{} from {}", key.fingerprint(), k.source))
+                    .map(|key| (key.fingerprint(), Some(k.source.to_string())))
             })
             .collect();
-        keys.push((
-            p.id.clone(),
-            if sources.is_empty() {
-                vec![ANON.to_owned()]
-            } else {
-                sources
-            },
-        ));
-        let key_groups: Vec<String> = if p.keys_stack {
-            fps.clone()
+        if fps.is_empty() && p.is_keyless() {
+            fps.push((ANON.to_owned(), Some("keyless".to_owned())));
+        }
+        let mut seen: Vec<&str> = snap
+            .usage
+            .keys()
+            .filter(|(pid, _, _)| pid == &p.id)
+            .map(|(_, _, k)| k.as_str())
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for k in seen {
+            if !fps.iter().any(|(f, _)| f == k) {
+                fps.push((k.to_owned(), None));
+            }
+        }
+        for (key, source) in &fps {
+            keys.push(KeyView {
+                provider: p.id.clone(),
+                key: key.clone(),
+                source: source.clone(),
+            });
+        }
+        // Keys that stack have a quota each; otherwise they share one.
+        let groups: Vec<String> = if p.keys_stack {
+            fps.iter().map(|(f, _)| f.clone()).collect()
         } else {
-            vec![fps.first().cloned().unwrap_or_default()]
+            vec![fps.first().map(|(f, _)| f.clone()).unwrap_or_default()]
         };
-        for fp in &key_groups {
+        for fp in &groups {
             let shown = if p.keys_stack || fp == ANON {
                 fp.clone()
             } else {
@@ -393,7 +427,8 @@ pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str)
             } else {
                 "guessed back-off"
             },
-            until: until(c.until, now),
+            until: quota::iso(c.until / 1000),
+            seconds_left: (c.until - now + 999) / 1000,
         })
         .collect();
     let in_flight = snap.usage.values().map(|c| c.in_flight).sum();
@@ -411,11 +446,12 @@ pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str)
     answers.sort_by(|a, b| (&a.model, &a.task_type).cmp(&(&b.model, &b.task_type)));
     StatusReport {
         ledger: ledger_path.to_owned(),
+        now: quota::iso(now / 1000),
         keys,
         usage,
         cooldowns,
         in_flight,
-        soonest_reset: soonest.map(|s| until(s, now)),
+        soonest_reset: soonest.map(|s| quota::iso(s / 1000)),
         answers,
     }
 }
@@ -444,10 +480,14 @@ pub(crate) fn report_text(r: &StatusReport) -> String {
     let mut out = format!("ledger: {}\n", r.ledger);
     out.push_str("\nkeys:\n");
     if r.keys.is_empty() {
-        out.push_str("  none usable (see `freepool-mcp models`)\n");
+        out.push_str("  none set and none in the ledger (see `freepool-mcp models`)\n");
     }
-    for (p, k) in &r.keys {
-        let _ = writeln!(out, "  {p:<14} {}", k.join(", "));
+    for k in &r.keys {
+        let from = k.source.as_deref().map_or_else(
+            || "in the ledger only (not set in this shell)".to_owned(),
+            |s| format!("from {s}"),
+        );
+        let _ = writeln!(out, "  {:<14} {:<14} {from}", k.provider, k.key);
     }
     out.push_str("\nusage (used/limit per window; leases in flight included):\n");
     if r.usage.is_empty() {
@@ -474,8 +514,12 @@ pub(crate) fn report_text(r: &StatusReport) -> String {
     for c in &r.cooldowns {
         let _ = writeln!(
             out,
-            "  {:<40} {} ({}) until {}",
-            c.scope, c.reason, c.source, c.until
+            "  {:<40} {} ({}) until {} ({})",
+            c.scope,
+            c.reason,
+            c.source,
+            c.until,
+            quota::relative(c.seconds_left)
         );
     }
     if !r.answers.is_empty() {

@@ -60,6 +60,8 @@ pub(crate) struct Target<'a> {
     pub(crate) key: Option<&'a ApiKey>,
     /// Extra headers.
     pub(crate) headers: &'a [(String, String)],
+    /// Time allowed to open the connection (TCP and TLS).
+    pub(crate) connect_timeout: Duration,
     /// Time allowed until response headers.
     pub(crate) first_byte_timeout: Duration,
     /// Time allowed for the whole attempt.
@@ -173,18 +175,29 @@ pub(crate) struct AttemptError {
     pub(crate) rate: RateHeaders,
 }
 
-/// The process-wide HTTP client (rustls with ring, no OpenSSL).
-pub(crate) fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
+/// The process-wide HTTP clients (rustls with ring, no OpenSSL), one per
+/// connect budget in use (reqwest sets that budget per client): in practice
+/// one or two, sharing nothing but their settings.
+pub(crate) fn client(connect_timeout: Duration) -> reqwest::Client {
+    static CLIENTS: OnceLock<std::sync::Mutex<Vec<(Duration, reqwest::Client)>>> = OnceLock::new();
+    let clients = CLIENTS.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder()
-            .user_agent(concat!("freepool-mcp/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .expect("the HTTP client builds with static settings")
-    })
+        std::sync::Mutex::new(Vec::new())
+    });
+    let mut clients = clients
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, c)) = clients.iter().find(|(d, _)| *d == connect_timeout) {
+        return c.clone();
+    }
+    let c = reqwest::Client::builder()
+        .user_agent(concat!("freepool-mcp/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
+    clients.push((connect_timeout, c.clone()));
+    c
 }
 
 /// Sends one chat completion and classifies the outcome.
@@ -212,7 +225,7 @@ pub(crate) async fn call(
         stream: false,
     };
     let url = format!("{}/chat/completions", target.base_url.trim_end_matches('/'));
-    let mut builder = client().post(&url).json(&body);
+    let mut builder = client(target.connect_timeout).post(&url).json(&body);
     if let Some(key) = target.key {
         builder = builder.bearer_auth(key.expose());
     }

@@ -235,7 +235,12 @@ impl Workspace {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(refuse(spec, format!("no such file{}", self.near(&joined))));
             }
-            Err(e) => return Err(refuse(spec, format!("cannot be read ({})", e.kind()))),
+            Err(e) => {
+                return Err(refuse(
+                    spec,
+                    format!("cannot be read ({})", crate::words::io(e.kind())),
+                ));
+            }
         };
         let Some((_, rel)) = self.inside(&abs) else {
             return Err(refuse(
@@ -317,8 +322,12 @@ impl Workspace {
                 "is on the deny list of secret-bearing files (settings.deny_files); it is never sent",
             ));
         }
-        let meta = std::fs::metadata(abs)
-            .map_err(|e| refuse(spec, format!("cannot be read ({})", e.kind())))?;
+        let meta = std::fs::metadata(abs).map_err(|e| {
+            refuse(
+                spec,
+                format!("cannot be read ({})", crate::words::io(e.kind())),
+            )
+        })?;
         if meta.is_dir() {
             return Err(refuse(
                 spec,
@@ -341,8 +350,12 @@ impl Workspace {
                 ),
             ));
         }
-        let bytes = std::fs::read(abs)
-            .map_err(|e| refuse(spec, format!("cannot be read ({})", e.kind())))?;
+        let bytes = std::fs::read(abs).map_err(|e| {
+            refuse(
+                spec,
+                format!("cannot be read ({})", crate::words::io(e.kind())),
+            )
+        })?;
         if bytes.contains(&0) {
             return Err(refuse(spec, "is binary (it holds NUL bytes)"));
         }
@@ -388,10 +401,12 @@ impl Workspace {
                     "exists; pass overwrite: true to replace it, or write elsewhere",
                 ));
             }
-            Ok(_) => Some(
-                std::fs::read(&target)
-                    .map_err(|e| refuse(path, format!("cannot be read ({})", e.kind())))?,
-            ),
+            Ok(_) => Some(std::fs::read(&target).map_err(|e| {
+                refuse(
+                    path,
+                    format!("cannot be read ({})", crate::words::io(e.kind())),
+                )
+            })?),
             Err(_) => None,
         };
         let tmp = dir.join(format!(".{name}.freepool-{}.tmp", std::process::id()));
@@ -419,7 +434,7 @@ impl Workspace {
             let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
                 "was created meanwhile; pass overwrite: true to replace it".to_owned()
             } else {
-                format!("could not be written ({})", e.kind())
+                format!("could not be written ({})", crate::words::io(e.kind()))
             };
             return Err(refuse(path, why));
         }
@@ -451,7 +466,7 @@ impl Workspace {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| format!("the check could not start ({})", e.kind()))?;
+            .map_err(|e| format!("the check could not start ({})", crate::words::io(e.kind())))?;
         // Output is read on threads so a chatty command cannot block on a full pipe.
         fn drain(
             pipe: Option<impl std::io::Read + Send + 'static>,
@@ -479,7 +494,12 @@ impl Workspace {
                     ));
                 }
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
-                Err(e) => return Err(format!("the check could not be waited for ({})", e.kind())),
+                Err(e) => {
+                    return Err(format!(
+                        "the check could not be waited for ({})",
+                        crate::words::io(e.kind())
+                    ));
+                }
             }
         };
         if status.success() {
@@ -493,10 +513,10 @@ impl Workspace {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
         let tail: String = tail.chars().take(300).collect();
-        let code = status
-            .code()
-            .map_or("a signal".to_owned(), |c| format!("exit {c}"));
-        Err(format!("the check failed ({code}): {tail}"))
+        Err(format!(
+            "the check failed ({}): {tail}",
+            crate::words::exit(status)
+        ))
     }
 
     /// Puts back what a write replaced (or removes what it created).
@@ -579,15 +599,22 @@ impl Workspace {
                     Err(e) => {
                         return Err(refuse(
                             path,
-                            format!("its folder could not be created ({})", e.kind()),
+                            format!(
+                                "its folder could not be created ({})",
+                                crate::words::io(e.kind())
+                            ),
                         ));
                     }
                 },
             }
             dir = next;
         }
-        let real_dir = std::fs::canonicalize(&dir)
-            .map_err(|e| refuse(path, format!("its folder cannot be used ({})", e.kind())))?;
+        let real_dir = std::fs::canonicalize(&dir).map_err(|e| {
+            refuse(
+                path,
+                format!("its folder cannot be used ({})", crate::words::io(e.kind())),
+            )
+        })?;
         if self.inside(&real_dir).is_none() {
             return Err(refuse(path, "resolves outside the project's roots"));
         }

@@ -26,6 +26,7 @@ pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
     let engine = Engine::new(catalog, state.clone());
     let catalog = engine.resolved_catalog().await;
     let mut usable = 0;
+    let mut idle = Vec::new();
     for p in &catalog.providers {
         for k in &p.keys {
             if let Some(problem) = &k.problem
@@ -35,8 +36,9 @@ pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
                 code = 1;
             }
         }
-        if router::is_usable(p) {
-            usable += 1;
+        match router::unusable(p) {
+            None => usable += 1,
+            Some(why) => idle.push(format!("  {}: {why}", p.id)),
         }
     }
     let _ = writeln!(
@@ -44,6 +46,20 @@ pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
         "providers: {} enabled, {usable} usable now (keys or keyless)",
         catalog.providers.len()
     );
+    if !idle.is_empty() {
+        let _ = writeln!(
+            text,
+            "enabled but not usable until set up:\n{}",
+            idle.join("\n")
+        );
+    }
+    if usable == 0 {
+        let _ = writeln!(
+            text,
+            "error: no provider is usable, so nothing can be delegated: set one of the keys above"
+        );
+        code = 1;
+    }
     match engine.store().await {
         Ok(store) => {
             let _ = writeln!(text, "state: {} (writable)", state.display());

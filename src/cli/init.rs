@@ -186,7 +186,7 @@ pub(super) fn run(cli: &Cli, dry_run: bool, project: bool) -> anyhow::Result<i32
                         .stdout(std::process::Stdio::null())
                         .status()?;
                     if !status.success() {
-                        bail!("`claude mcp add` failed ({status})");
+                        bail!("`claude mcp add` failed ({})", crate::words::exit(status));
                     }
                     Ok(())
                 }));

@@ -86,10 +86,16 @@ pub enum Command {
         #[arg(long, value_name = "PROVIDER", num_args = 0..=1, default_missing_value = "*")]
         clear_cooldowns: Option<String>,
     },
-    /// Scan a file (or `-` for stdin) for secrets; exits 1 when any is found.
+    /// Scan files (or `-` for stdin) for secrets, as the gate does before sending.
+    ///
+    /// Exit codes: 0 nothing found; 1 a secret found; 2 a file could not be
+    /// read (the others are still scanned). Bytes that are not UTF-8 are read
+    /// lossily, as the gate reads project files, so a pre-commit hook can
+    /// pass any file.
     Scan {
-        /// The file, or `-`.
-        file: String,
+        /// The files; `-` reads stdin.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
     },
     /// Claude Code's statusLine command: stores the usage windows, prints a short line.
     Statusline {
@@ -247,7 +253,7 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
             json,
             clear_cooldowns,
         }) => status(&cli, *json, clear_cooldowns.as_deref()).await,
-        Some(Command::Scan { file }) => scan(file),
+        Some(Command::Scan { files }) => scan(files),
         Some(Command::Statusline { then }) => {
             statusline::run(&cli, then.as_deref()).await;
             Ok(0)
@@ -308,7 +314,7 @@ async fn status(cli: &Cli, json: bool, clear: Option<&str>) -> anyhow::Result<i3
         eprintln!("cleared {n} cooldown(s)");
     }
     let catalog = engine.resolved_catalog().await;
-    let snap = engine.snapshot(&catalog).await.map_err(failed)?;
+    let snap = engine.snapshot_all(&catalog).await.map_err(failed)?;
     let report = status::report(&catalog, &snap, &store.location());
     // What delegation did today and overall, from the decision log.
     let stats = engine
@@ -350,35 +356,60 @@ async fn status(cli: &Cli, json: bool, clear: Option<&str>) -> anyhow::Result<i3
 }
 
 /// `scan`: the credential gate over a file or stdin; 1 when anything is found.
-fn scan(file: &str) -> anyhow::Result<i32> {
-    let text = if file == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading stdin")?;
-        s
-    } else {
-        let bytes = fs_err::read(file)?;
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    let findings = gate::scan(&text);
-    let name = if file == "-" { "<stdin>" } else { file };
+fn scan(files: &[String]) -> anyhow::Result<i32> {
+    let mut found = 0;
+    let mut unreadable = 0;
     let mut report = String::new();
-    for f in &findings {
-        let _ = writeln!(
-            report,
-            "{name}:{}:{}: {} [{}] {}",
-            f.line, f.column, f.kind, f.rule, f.masked
-        );
+    for file in files {
+        let (name, bytes) = if file == "-" {
+            let mut b = Vec::new();
+            let read = std::io::stdin().read_to_end(&mut b);
+            ("<stdin>", read.map(|_| b))
+        } else {
+            (file.as_str(), std::fs::read(file))
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!(
+                    "error: {name}: cannot be read ({})",
+                    crate::words::io(e.kind())
+                );
+                unreadable += 1;
+                continue;
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let findings = gate::scan(&text);
+        for f in &findings {
+            let _ = writeln!(
+                report,
+                "{name}:{}:{}: {} [{}] {}",
+                f.line, f.column, f.kind, f.rule, f.masked
+            );
+        }
+        found += findings.len();
     }
     out(&report)?;
-    if findings.is_empty() {
-        eprintln!("{name}: no secrets found ({} rules)", gate::rule_count());
-        Ok(0)
+    let scanned = files.len() - unreadable;
+    let files_word = |n: usize| if n == 1 { "file" } else { "files" };
+    if found == 0 {
+        eprintln!(
+            "{scanned} {} scanned: no secrets found ({} rules)",
+            files_word(scanned),
+            gate::rule_count()
+        );
     } else {
-        eprintln!("{name}: {} secret(s) found", findings.len());
-        Ok(1)
+        eprintln!(
+            "{scanned} {} scanned: {found} secret(s) found",
+            files_word(scanned)
+        );
     }
+    Ok(if unreadable > 0 {
+        2
+    } else {
+        i32::from(found > 0)
+    })
 }
 
 async fn log(cli: &Cli, action: &LogAction) -> anyhow::Result<i32> {
@@ -413,9 +444,13 @@ async fn log(cli: &Cli, action: &LogAction) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Config problems and warnings on stderr, once per command.
 fn report_problems(catalog: &config::Catalog) {
     for p in &catalog.problems {
         eprintln!("error: {p}");
+    }
+    for w in &catalog.warnings {
+        eprintln!("warning: {w}");
     }
 }
 

@@ -339,6 +339,7 @@ async fn send(
         model: &cand.model.id,
         key,
         headers: &cand.provider.headers,
+        connect_timeout: cand.provider.connect_timeout.min(attempt_timeout),
         first_byte_timeout: cand.provider.first_byte_timeout.min(attempt_timeout),
         attempt_timeout,
     };

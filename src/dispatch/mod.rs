@@ -352,13 +352,8 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
+            // Problems and warnings are the face's to show, once (see `mcp`, `cli`).
             let catalog = loader.map_or_else(failed_catalog, |f| f());
-            for w in &catalog.warnings {
-                tracing::warn!("{w}");
-            }
-            for p in &catalog.problems {
-                tracing::error!("config problem: {p}");
-            }
             Arc::new(catalog)
         })
     }
@@ -516,6 +511,17 @@ impl Engine {
             .map(|(i, _)| i)
             .collect();
         Ok(store.snapshot(catalog.clone(), usable, self.now()).await?)
+    }
+
+    /// The ledger's view of every enabled provider, usable here or not
+    /// (`status` shows use made with keys this shell does not have).
+    pub(crate) async fn snapshot_all(
+        &self,
+        catalog: &Arc<Catalog>,
+    ) -> Result<UsageSnapshot, Error> {
+        let store = self.store().await?;
+        let all = (0..catalog.providers.len()).collect();
+        Ok(store.snapshot(catalog.clone(), all, self.now()).await?)
     }
 
     /// Scans every outgoing text: the prompt, the system prompt and each

@@ -79,6 +79,9 @@ pub(crate) fn attempt_lines(attempts: &[Attempt]) -> String {
         .join("\n")
 }
 
+/// Candidates named one per line in a failure; the rest are counted.
+const SHOWN_REJECTIONS: usize = 6;
+
 /// Why nothing could serve, per candidate, and when capacity returns.
 pub(crate) fn no_capacity(
     rejected: &[Rejection],
@@ -106,9 +109,7 @@ pub(crate) fn no_capacity(
     }
     let mut out = String::from("no model can take this request now.");
     if rejected.is_empty() && attempts.is_empty() {
-        out.push_str(
-            "\nno provider is enabled (see the config problems below, or `freepool-mcp check`).",
-        );
+        out.push_str("\nno provider is enabled: `freepool-mcp check` says why.");
     }
     if !attempts.is_empty() {
         let _ = write!(out, "\nattempts:\n{}", attempt_lines(attempts));
@@ -133,34 +134,45 @@ pub(crate) fn no_capacity(
     }
     if !singles.is_empty() {
         out.push_str("\nwhy each candidate cannot:");
-        for r in singles.iter().take(15) {
+        for r in singles.iter().take(SHOWN_REJECTIONS) {
             let back = r
                 .frees_at
                 .map(|t| format!("; room again {}", when(t, now)))
                 .unwrap_or_default();
             let _ = write!(out, "\n- {}: {}{back}", r.id, r.reason);
         }
-        if singles.len() > 15 {
-            let _ = write!(out, "\n- and {} more", singles.len() - 15);
+        if singles.len() > SHOWN_REJECTIONS {
+            let _ = write!(
+                out,
+                "\n- and {} more (list_models has them all)",
+                singles.len() - SHOWN_REJECTIONS
+            );
         }
     }
-    if !grouped.is_empty() {
-        out.push_str("\nnot configured:");
-        for (p, why, n) in grouped.iter().take(20) {
+    // Providers without a key are the same news on every call: named when
+    // one or two (likely the user's own, half set up), else counted once.
+    if grouped.len() <= 2 {
+        for (p, why, n) in &grouped {
             let _ = write!(
                 out,
                 "\n- {p} ({n} model{}): {why}",
                 if *n == 1 { "" } else { "s" }
             );
         }
+    } else {
+        let _ = write!(
+            out,
+            "\n{} providers have no key or setting (list_models, or `freepool-mcp models`, names them).",
+            grouped.len()
+        );
     }
     match soonest {
         Some(t) => {
             let _ = write!(out, "\ncapacity returns first {}.", when(t, now));
         }
-        None if rejected.iter().all(|r| unconfigured(&r)) => out.push_str(
-            "\nadd a provider key (see `freepool-mcp models`), or enable the keyless providers.",
-        ),
+        None if !rejected.is_empty() && rejected.iter().all(|r| unconfigured(&r)) => {
+            out.push_str("\nadd a provider key, or enable the keyless providers.")
+        }
         None => {}
     }
     out.push_str("\nkeep this task on Claude.");
@@ -386,6 +398,7 @@ pub(crate) fn fanout(results: &[TaskResult], concurrency: usize) -> String {
         results.len()
     );
     let mut ids = Vec::new();
+    let mut causes: Vec<(String, String)> = Vec::new();
     for r in results {
         let _ = write!(out, "\n=== task {} · {}", r.id, r.status.as_str());
         if let Some(m) = &r.model {
@@ -419,7 +432,19 @@ pub(crate) fn fanout(results: &[TaskResult], concurrency: usize) -> String {
                 out.push_str(&answer_notes(&r.redacted, &r.flags));
             }
             (None, Some(reason)) => {
-                let _ = writeln!(out, " ===\n{}", reason.trim_end());
+                // Tasks that failed for the same cause (the same providers
+                // down, the same keys missing) say it once: only times and
+                // counts differ between them.
+                let shape: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+                match causes.iter().find(|(s, _)| *s == shape) {
+                    Some((_, first)) if r.status == TaskStatus::Failed => {
+                        let _ = writeln!(out, " ===\nsame cause as task {first}");
+                    }
+                    _ => {
+                        let _ = writeln!(out, " ===\n{}", reason.trim_end());
+                        causes.push((shape, r.id.clone()));
+                    }
+                }
             }
             (None, None) => out.push_str(" ===\n"),
         }

@@ -48,6 +48,8 @@ pub(crate) struct Server {
     engine: Arc<Engine>,
     /// The client's roots must be asked for (again) before files are touched.
     roots_stale: Arc<std::sync::atomic::AtomicBool>,
+    /// Config problems were shown with a tool result already.
+    config_told: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -56,6 +58,7 @@ impl Server {
         Server {
             engine,
             roots_stale: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            config_told: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -91,6 +94,13 @@ impl Server {
     async fn instructions(&self) -> String {
         let b = self.engine.budget_at_start().await;
         let cat = self.engine.catalog();
+        // Once per session, in the log Claude Code keeps for the server.
+        for w in &cat.warnings {
+            tracing::warn!("{w}");
+        }
+        for p in &cat.problems {
+            tracing::error!("config problem: {p}");
+        }
         let snap = UsageSnapshot::default();
         let ceiling = match router::context_ceiling(cat, &snap, cat.settings.output_reserve) {
             Some((tokens, _)) => format!(
@@ -117,8 +127,9 @@ impl Server {
 
     /// Runs a tool; config problems are shown with every result until fixed.
     async fn call(&self, tool: Tool, args: Value, progress: Option<Progress>) -> CallToolResult {
+        let always = matches!(tool, Tool::ListModels);
         let mut text = tool.call(&self.engine, args, progress).await;
-        let notes = self.config_notes();
+        let notes = self.config_notes(always);
         if !notes.is_empty() {
             match &mut text {
                 Ok(t) | Err(t) => t.push_str(&notes),
@@ -130,11 +141,29 @@ impl Server {
         }
     }
 
-    fn config_notes(&self) -> String {
+    /// Config problems, shown with the session's first tool result, with
+    /// every `list_models`, and with every result while nothing is enabled:
+    /// Claude should not pay for the same lines on each call.
+    fn config_notes(&self, always: bool) -> String {
         let cat = self.engine.catalog();
+        if cat.problems.is_empty() {
+            return String::new();
+        }
+        let nothing = cat.providers.is_empty();
+        let told = self
+            .config_told
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if told && !always && !nothing {
+            return String::new();
+        }
+        let label = if nothing {
+            "config problem (no provider is enabled until it is fixed)"
+        } else {
+            "config problem (the rest works)"
+        };
         let mut out = String::new();
         for p in &cat.problems {
-            let _ = write!(out, "\nconfig problem (the rest works): {p}");
+            let _ = write!(out, "\n{label}: {p}");
         }
         out
     }

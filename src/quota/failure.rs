@@ -175,14 +175,25 @@ impl Failure {
                 max_doublings: 4,
                 cap: DAY,
             }),
-            Failure::Server(_)
-            | Failure::FirstByteTimeout
-            | Failure::Stalled
-            | Failure::Connect
-            | Failure::Broken => guessed(Backoff::Doubling {
+            Failure::Server(_) | Failure::Broken => guessed(Backoff::Doubling {
                 base: Duration::from_secs(20),
                 max_doublings: 4,
                 cap: 10 * MIN,
+            }),
+            // A hang costs a whole first-byte budget each time it is met:
+            // keep the provider out long enough that it is not met again
+            // soon, longer on each repeat (5, 10, 20, 40 minutes).
+            Failure::FirstByteTimeout | Failure::Stalled => guessed(Backoff::Doubling {
+                base: 5 * MIN,
+                max_doublings: 3,
+                cap: 40 * MIN,
+            }),
+            // Down or firewalled: cheap to meet (the connect budget), but
+            // unlikely to be back within seconds.
+            Failure::Connect => guessed(Backoff::Doubling {
+                base: 2 * MIN,
+                max_doublings: 4,
+                cap: 30 * MIN,
             }),
             Failure::Empty | Failure::BadBody => guessed(Backoff::AfterStrikes {
                 strikes: 2,
@@ -298,7 +309,13 @@ mod tests {
             (
                 Failure::Connect,
                 "p",
-                [Some(20), Some(160), Some(320)],
+                [Some(120), Some(960), Some(1800)],
+                false,
+            ),
+            (
+                Failure::FirstByteTimeout,
+                "p",
+                [Some(300), Some(2400), Some(2400)],
                 false,
             ),
             (Failure::Empty, "p/m", [None, Some(300), Some(300)], false),

@@ -97,7 +97,7 @@ fn a_named_command_checks_the_written_file_and_a_failure_restores_it() {
     );
     assert!(!err, "{text}");
     assert!(
-        text.contains("failed check: mentions_good: the check failed (exit 1)"),
+        text.contains("failed check: mentions_good: the check failed (exit code 1)"),
         "{text}"
     );
     assert_eq!(

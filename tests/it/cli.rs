@@ -48,11 +48,12 @@ fn delegate_with_no_provider_says_what_to_set() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("no model can take this request now"), "{err}");
+    // Twelve unconfigured providers are one line, not twelve.
     assert!(
-        err.contains("groq (") && err.contains("no key (set GROQ_API_KEY)"),
+        err.contains("\n12 providers have no key or setting (list_models, or `freepool-mcp models`, names them).\n"),
         "{err}"
     );
-    assert!(err.contains("cloudflare"), "{err}");
+    assert!(err.lines().count() <= 5, "{err}");
 }
 
 #[test]
@@ -210,12 +211,22 @@ fn check_names_file_line_and_key() {
     let out = sb.cmd().arg("check").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let o = text(&out.stdout);
-    assert!(o.contains("providers.toml:4"), "{o}");
-    assert!(o.contains("providers.groq.models"), "{o}");
+    assert!(
+        o.contains("providers.toml:5: providers.groq.models.\"llama-3.3-70b-versatile\".context: expected a whole number (0 or more), found the text \"big\"; the model is left out"),
+        "{o}"
+    );
+    // No usable provider at all: non-zero, and each enabled one says what it lacks.
     let sb = Sandbox::new();
     let out = sb.cmd().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let o = text(&out.stdout);
+    assert!(o.contains("  groq: no key (set GROQ_API_KEY)\n"), "{o}");
+    assert!(o.contains("error: no provider is usable"), "{o}");
+    assert!(o.contains("(writable)"));
+    // A usable provider: zero.
+    let (_mock, sb) = crate::support::single_provider("alpha");
+    let out = sb.cmd().arg("check").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("(writable)"));
 }
 
 #[test]

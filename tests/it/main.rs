@@ -9,6 +9,7 @@
 //! - `files`: files in (paths, globs, ranges) and out (write_to), and every refusal.
 //! - `faults`: upstreams that hang, trickle, or answer garbage; broken state and config.
 //! - `props`: property tests for the gate and config parsing.
+//! - `trouble`: hangs, black holes, config typos, empty variables, short failures, exit codes.
 
 #![allow(
     clippy::cast_possible_wrap,
@@ -31,3 +32,4 @@ mod ledger;
 mod mcp;
 mod props;
 mod support;
+mod trouble;

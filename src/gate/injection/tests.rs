@@ -20,7 +20,10 @@ fn labelled(text: &'static str) -> Vec<(bool, &'static str, &'static str)> {
 
 /// Figures for one set (printed: they are this test's report): (flagged injected, injected, flagged ordinary,
 /// ordinary), printed with what was missed and what was flagged wrongly.
-#[allow(clippy::print_stdout, reason = "the figures are the report docs/security.md quotes")]
+#[allow(
+    clippy::print_stdout,
+    reason = "the figures are the report docs/security.md quotes"
+)]
 fn figures(name: &str, set: &[(bool, &str, &str)]) -> (usize, usize, usize, usize) {
     let injected: Vec<_> = set.iter().filter(|c| c.0).collect();
     let ordinary: Vec<_> = set.iter().filter(|c| !c.0).collect();

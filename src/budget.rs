@@ -216,6 +216,16 @@ fn current(w: Option<UsageWindow>, now: i64) -> Option<WindowState> {
     })
 }
 
+/// A percentage as shown: whole, but with one decimal within a point of a
+/// mode boundary, so "75%" never sits beside the mode below it.
+pub(crate) fn percent(p: f64) -> String {
+    if [60.0, 75.0, 95.0].iter().any(|b: &f64| (p - b).abs() < 1.0) {
+        format!("{:.1}%", (p * 10.0).floor() / 10.0)
+    } else {
+        format!("{:.0}%", p.floor())
+    }
+}
+
 /// Turns a snapshot and an optional pin into a mode. `pinned` is `(mode, who pinned it)`.
 pub(crate) fn assess(
     snapshot: Option<&Snapshot>,
@@ -243,21 +253,60 @@ pub(crate) fn assess(
         w.and_then(|w| w.resets_at)
             .map(|r| format!("{} ({})", iso(r), relative(r - now)))
     };
-    let advice = match mode {
-        Mode::Normal => "Plenty of budget: use Claude freely, delegate bulk mechanical work when convenient.".to_owned(),
-        Mode::PreferSonnet => "Over 60% of the weekly budget: drop the orchestrator's own Opus calls to Sonnet; keep delegating routine work.".to_owned(),
-        Mode::DelegateMore => "Over 75% of the weekly budget: delegate every routine sub-task (difficulty up to 8) to the pool.".to_owned(),
+    // What to do, then why: the figure that decided the mode, or who pinned it.
+    let what = match mode {
+        Mode::Normal => {
+            "use Claude freely, delegate bulk mechanical work when convenient.".to_owned()
+        }
+        Mode::PreferSonnet => {
+            "drop the orchestrator's own Opus calls to Sonnet; keep delegating routine work."
+                .to_owned()
+        }
+        Mode::DelegateMore => {
+            "delegate every routine sub-task (difficulty up to 8) to the pool.".to_owned()
+        }
         Mode::Exhausted => {
             let five_exhausted = five_hour.is_some_and(|w| w.used_percentage >= 95.0);
             let weekly_exhausted = weekly.is_some_and(|w| w.used_percentage >= 95.0);
-            let when = if weekly_exhausted { reset_of(weekly) } else if five_exhausted { reset_of(five_hour) } else { None };
+            let when = if weekly_exhausted {
+                reset_of(weekly)
+            } else if five_exhausted {
+                reset_of(five_hour)
+            } else {
+                None
+            };
             match when {
-                Some(w) => format!("Budget nearly exhausted: pause non-essential work; it resets {w}. Delegate what must go on."),
-                None => "Budget nearly exhausted: pause non-essential work and delegate what must go on.".to_owned(),
+                Some(w) => {
+                    format!("pause non-essential work; it resets {w}. Delegate what must go on.")
+                }
+                None => "pause non-essential work and delegate what must go on.".to_owned(),
             }
         }
-        Mode::Unknown => "No live usage signal (headless, API key, or no message yet): behave as normal. Pin a mode with FREEPOOL_BUDGET_MODE for headless runs.".to_owned(),
+        Mode::Unknown => {
+            "behave as normal. Pin a mode with FREEPOOL_BUDGET_MODE for headless runs.".to_owned()
+        }
     };
+    let why = match (&source, mode) {
+        (Source::Pinned { by }, _) => format!("Mode {} pinned by {by}", mode.as_str()),
+        (_, Mode::Unknown) => {
+            "No live usage signal (headless, API key, or no message yet)".to_owned()
+        }
+        (_, Mode::Exhausted) if five_hour.is_some_and(|w| w.used_percentage >= 95.0) => format!(
+            "5-hour window {} used",
+            percent(five_hour.map_or(0.0, |w| w.used_percentage))
+        ),
+        (_, m) => {
+            let used = weekly.map_or(0.0, |w| w.used_percentage);
+            let bound = match m {
+                Mode::Normal => "under 60%",
+                Mode::PreferSonnet => "over 60%",
+                Mode::DelegateMore => "over 75%",
+                _ => "over 95%",
+            };
+            format!("Weekly budget {} used ({bound})", percent(used))
+        }
+    };
+    let advice = format!("{why}: {what}");
     Assessment {
         mode,
         threshold: mode.threshold(),
@@ -341,6 +390,33 @@ mod tests {
             session_id: None,
             model: None,
         }
+    }
+
+    #[test]
+    fn figures_near_a_boundary_keep_a_decimal_and_advice_names_its_source() {
+        assert_eq!(percent(74.96), "74.9%");
+        assert_eq!(percent(75.0), "75.0%");
+        assert_eq!(percent(62.8), "62%");
+        assert_eq!(percent(59.5), "59.5%");
+        let a = assess(Some(&snap(Some(74.96), None)), None, NOW);
+        assert_eq!(a.mode, Mode::PreferSonnet);
+        assert!(
+            a.advice
+                .starts_with("Weekly budget 74.9% used (over 60%): drop"),
+            "{}",
+            a.advice
+        );
+        // A pin speaks of the pin, never of figures it did not read.
+        let a = assess(
+            None,
+            Some((Mode::DelegateMore, "FREEPOOL_BUDGET_MODE".into())),
+            NOW,
+        );
+        assert_eq!(
+            a.advice,
+            "Mode delegate_more pinned by FREEPOOL_BUDGET_MODE: delegate every routine sub-task (difficulty up to 8) to the pool."
+        );
+        assert!(!a.advice.contains('%'));
     }
 
     #[test]

@@ -107,6 +107,62 @@ impl std::fmt::Debug for Log {
     }
 }
 
+/// Creates the table (or adds the columns an older file lacks), in one
+/// transaction so processes opening the log together do not race.
+fn setup(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // One transaction, so processes opening the log together do not
+    // both add a column the first one already added.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = (|| {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS decisions (
+                    id INTEGER PRIMARY KEY,
+                    ts INTEGER NOT NULL,
+                    session TEXT,
+                    gist TEXT NOT NULL,
+                    route TEXT NOT NULL,
+                    score INTEGER,
+                    task_type TEXT,
+                    gate TEXT,
+                    model TEXT,
+                    outcome TEXT,
+                    via TEXT NOT NULL,
+                    budget_mode TEXT
+                );",
+        )?;
+        // Columns added since the first version of the file.
+        let mut stmt = conn.prepare("PRAGMA table_info(decisions)")?;
+        let have: Vec<String> = stmt
+            .query_map([], |r| r.get(1))?
+            .collect::<Result<_, _>>()?;
+        for column in [
+            "files_tokens",
+            "prompt_tokens",
+            "answer_tokens",
+            "pool_tokens",
+            "bytes_written",
+            "saved_tokens",
+        ] {
+            if !have.iter().any(|h| h == column) {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE decisions ADD COLUMN {column} INTEGER"
+                ))?;
+            }
+        }
+        Ok(())
+    })();
+    match done {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 impl Log {
     /// Opens (or creates) `decisions.sqlite` in `dir`.
     pub(crate) fn open(dir: &Path, session: Option<String>) -> Result<Log, Error> {
@@ -117,63 +173,49 @@ impl Log {
         };
         crate::config::ensure_state_dir(dir).map_err(|e| unwritable(crate::words::io(e.kind())))?;
         let conn = Connection::open(&path).map_err(|e| unwritable(e.to_string()))?;
-        let setup = || -> rusqlite::Result<()> {
-            conn.busy_timeout(Duration::from_secs(10))?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            // One transaction, so processes opening the log together do not
-            // both add a column the first one already added.
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let done = (|| {
-                conn.execute_batch(
-                    "CREATE TABLE IF NOT EXISTS decisions (
-                        id INTEGER PRIMARY KEY,
-                        ts INTEGER NOT NULL,
-                        session TEXT,
-                        gist TEXT NOT NULL,
-                        route TEXT NOT NULL,
-                        score INTEGER,
-                        task_type TEXT,
-                        gate TEXT,
-                        model TEXT,
-                        outcome TEXT,
-                        via TEXT NOT NULL,
-                        budget_mode TEXT
-                    );",
-                )?;
-                // Columns added since the first version of the file.
-                let mut stmt = conn.prepare("PRAGMA table_info(decisions)")?;
-                let have: Vec<String> = stmt
-                    .query_map([], |r| r.get(1))?
-                    .collect::<Result<_, _>>()?;
-                for column in [
-                    "files_tokens",
-                    "prompt_tokens",
-                    "answer_tokens",
-                    "pool_tokens",
-                    "bytes_written",
-                    "saved_tokens",
-                ] {
-                    if !have.iter().any(|h| h == column) {
-                        conn.execute_batch(&format!(
-                            "ALTER TABLE decisions ADD COLUMN {column} INTEGER"
-                        ))?;
-                    }
-                }
-                Ok(())
-            })();
-            match done {
-                Ok(()) => conn.execute_batch("COMMIT"),
-                Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    Err(e)
-                }
-            }
-        };
-        setup().map_err(|e| unwritable(e.to_string()))?;
+        setup(&conn).map_err(|e| unwritable(e.to_string()))?;
         Ok(Log {
             conn: Arc::new(Mutex::new(conn)),
             session,
+        })
+    }
+
+    /// Opens `decisions.sqlite` in `dir` to read only (`log stats`, `log
+    /// export`, `status`): nothing is created or changed, so a read-only
+    /// state dir works. No file yet reads as an empty log.
+    pub(crate) fn open_read_only(dir: &Path) -> Result<Log, Error> {
+        let path = dir.join("decisions.sqlite");
+        let unreadable = |reason: String| Error::Unwritable {
+            path: path.clone(),
+            reason,
+        };
+        if !path.exists() {
+            let conn = Connection::open_in_memory().map_err(|e| unreadable(e.to_string()))?;
+            setup(&conn).map_err(|e| unreadable(e.to_string()))?;
+            return Ok(Log {
+                conn: Arc::new(Mutex::new(conn)),
+                session: None,
+            });
+        }
+        let conn = crate::readonly::open(&path).map_err(|e| unreadable(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| unreadable(e.to_string()))?;
+        let has_all: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('decisions') WHERE name = 'saved_tokens'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .unwrap_or(false);
+        if !has_all {
+            return Err(unreadable(
+                "it is of an older format; the next delegate call updates it".into(),
+            ));
+        }
+        Ok(Log {
+            conn: Arc::new(Mutex::new(conn)),
+            session: None,
         })
     }
 

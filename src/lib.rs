@@ -50,6 +50,7 @@ mod dispatch;
 pub mod gate;
 mod mcp;
 mod quota;
+mod readonly;
 mod router;
 mod status;
 mod store;

@@ -224,7 +224,11 @@ pub(crate) fn budget_text(b: &Assessment, now: i64) -> String {
                     .resets_at
                     .map(|r| format!(", resets {} ({})", quota::iso(r), quota::relative(r - now)))
                     .unwrap_or_default();
-                let _ = write!(out, "\n{name}: {:.0}% used{reset}", w.used_percentage);
+                let _ = write!(
+                    out,
+                    "\n{name}: {} used{reset}",
+                    budget::percent(w.used_percentage)
+                );
             }
             None => {
                 let _ = write!(out, "\n{name}: unknown");

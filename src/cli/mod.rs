@@ -103,7 +103,9 @@ pub enum Command {
         #[arg(long, value_name = "COMMAND")]
         then: Option<String>,
     },
-    /// One-stop setup: config template, statusLine, registration, CLAUDE.md pointer.
+    /// One-stop setup: config template, statusLine, permissions for the
+    /// read-only tools, registration, CLAUDE.md pointer. Exits 1 when a step
+    /// could not be done (Claude Code not on PATH).
     Init {
         /// Show what would change and change nothing.
         #[arg(long)]
@@ -111,6 +113,9 @@ pub enum Command {
         /// Register in ./.mcp.json and point ./CLAUDE.md, instead of user scope.
         #[arg(long)]
         project: bool,
+        /// Remove what init added (the config file and the state stay).
+        #[arg(long)]
+        undo: bool,
     },
     /// The routing-decision log.
     Log {
@@ -258,7 +263,11 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
             statusline::run(&cli, then.as_deref()).await;
             Ok(0)
         }
-        Some(Command::Init { dry_run, project }) => init::run(&cli, *dry_run, *project),
+        Some(Command::Init {
+            dry_run,
+            project,
+            undo,
+        }) => init::run(&cli, *dry_run, *project, *undo),
         Some(Command::Log { action }) => log(&cli, action).await,
     }
 }
@@ -303,7 +312,12 @@ async fn delegate(cli: &Cli, mut req: DelegateRequest) -> anyhow::Result<i32> {
 /// `status`: what is left, as a table or JSON; optionally clearing cooldowns first.
 async fn status(cli: &Cli, json: bool, clear: Option<&str>) -> anyhow::Result<i32> {
     let (catalog, state) = load(cli);
-    let engine = Engine::new(catalog, state);
+    // Clearing cooldowns writes; showing only reads, so a read-only state works.
+    let engine = if clear.is_some() {
+        Engine::new(catalog, state)
+    } else {
+        Engine::new(catalog, state).read_only()
+    };
     let failed = |e: dispatch::Error| anyhow::anyhow!(texts::full(&e));
     let store = engine.store().await.map_err(failed)?;
     if let Some(which) = clear {
@@ -414,7 +428,7 @@ fn scan(files: &[String]) -> anyhow::Result<i32> {
 
 async fn log(cli: &Cli, action: &LogAction) -> anyhow::Result<i32> {
     let (catalog, state) = load(cli);
-    let engine = Engine::new(catalog, state);
+    let engine = Engine::new(catalog, state).read_only();
     let rows = engine
         .with_log(super::decisions::Log::all)
         .await

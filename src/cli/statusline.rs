@@ -34,7 +34,7 @@ pub(super) async fn run(cli: &Cli, then: Option<&str>) {
         now,
     );
     let pct = |w: Option<budget::WindowState>| {
-        w.map_or("?".to_owned(), |w| format!("{:.0}%", w.used_percentage))
+        w.map_or("?".to_owned(), |w| budget::percent(w.used_percentage))
     };
     let _ = write!(
         line,

@@ -227,6 +227,8 @@ pub(crate) struct Engine {
     store: tokio::sync::Mutex<Option<SharedStore>>,
     opener: StoreOpener,
     log: tokio::sync::Mutex<Option<decisions::Log>>,
+    /// Opens the state to read only (see `read_only`).
+    read_only: bool,
     upstream: Arc<dyn Upstream>,
     clock: Arc<dyn Clock>,
     rotation: AtomicU64,
@@ -304,6 +306,7 @@ impl Engine {
             state_dir,
             store: tokio::sync::Mutex::new(None),
             opener: Arc::new(|dir, now| Ok(Arc::new(SqliteStore::open(dir, now)?) as SharedStore)),
+            read_only: false,
             log: tokio::sync::Mutex::new(None),
             upstream: Arc::new(Http),
             clock: Arc::new(SystemClock),
@@ -337,6 +340,17 @@ impl Engine {
         self.opener = Arc::new(move |_, _| Ok(store.clone()));
         self.upstream = upstream;
         self.clock = clock;
+        self
+    }
+
+    /// An engine that only reads the state dir (`status`, `log`): the ledger
+    /// and the decision log are opened read-only, nothing is created.
+    pub(crate) fn read_only(mut self) -> Engine {
+        self.opener =
+            Arc::new(
+                |dir, now| Ok(Arc::new(SqliteStore::open_read_only(dir, now)?) as SharedStore),
+            );
+        self.read_only = true;
         self
     }
 
@@ -419,10 +433,17 @@ impl Engine {
         if let Some(l) = slot.as_ref() {
             return Ok(l.clone());
         }
-        let (dir, session) = (self.state_dir.clone(), self.session.clone());
-        let opened = tokio::task::spawn_blocking(move || decisions::Log::open(&dir, session))
-            .await
-            .map_err(|_| decisions::Error::Task)??;
+        let (dir, session, read_only) =
+            (self.state_dir.clone(), self.session.clone(), self.read_only);
+        let opened = tokio::task::spawn_blocking(move || {
+            if read_only {
+                decisions::Log::open_read_only(&dir)
+            } else {
+                decisions::Log::open(&dir, session)
+            }
+        })
+        .await
+        .map_err(|_| decisions::Error::Task)??;
         *slot = Some(opened.clone());
         Ok(opened)
     }

@@ -192,6 +192,49 @@ impl SqliteStore {
         })
     }
 
+    /// Opens `ledger.sqlite` in `dir` to read only (`status`): nothing is
+    /// created, migrated, locked or checkpointed, so a read-only state dir
+    /// works; a write through this store fails. No file yet reads as an
+    /// empty ledger.
+    pub(crate) fn open_read_only(dir: &Path, now: Millis) -> Result<SqliteStore, Error> {
+        let path = dir.join("ledger.sqlite");
+        let db = |e: rusqlite::Error| Error::Db {
+            path: path.clone(),
+            source: Box::new(e),
+        };
+        let (conn, shown) = if path.exists() {
+            let conn = crate::readonly::open(&path).map_err(db)?;
+            conn.busy_handler(Some(wait_for_lock)).map_err(db)?;
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(db)?;
+            if version < VERSION {
+                return Err(Error::Db {
+                    path: path.clone(),
+                    source: "it is of an older format; the next delegate call updates it".into(),
+                });
+            }
+            (conn, path.clone())
+        } else {
+            let conn = Connection::open_in_memory().map_err(db)?;
+            migrate(&conn, 0, now).map_err(db)?;
+            (
+                conn,
+                PathBuf::from(format!("{} (none yet)", path.display())),
+            )
+        };
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                path: shown,
+                warning: None,
+                last_prune: AtomicI64::new(now),
+                queue: None,
+                writes: std::sync::atomic::AtomicU64::new(0),
+            }),
+        })
+    }
+
     /// Runs a write `f` on the connection, on the blocking pool.
     fn run<T: Send + 'static>(
         &self,

@@ -130,7 +130,11 @@ fn init_is_idempotent_and_keeps_the_old_statusline() {
         .args(["init", "--dry-run"])
         .output()
         .unwrap();
-    assert!(dry.status.success());
+    assert_eq!(
+        dry.status.code(),
+        Some(1),
+        "registration would not be possible"
+    );
     assert!(
         text(&dry.stdout).contains("would: statusLine"),
         "{}",
@@ -143,13 +147,27 @@ fn init_is_idempotent_and_keeps_the_old_statusline() {
         .arg("init")
         .output()
         .unwrap();
-    assert!(first.status.success(), "{}", text(&first.stderr));
+    // Everything but the registration was done; that it was not is an error.
+    assert_eq!(first.status.code(), Some(1), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stdout).contains("register: not done: Claude Code is not on PATH"),
+        "{}",
+        text(&first.stdout)
+    );
     let settings: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(claude.join("settings.json")).unwrap())
             .unwrap();
     let cmd = settings["statusLine"]["command"].as_str().unwrap();
     assert!(cmd.contains("statusline --then '~/bin/my-line'"), "{cmd}");
     assert_eq!(settings["theme"], "dark");
+    assert_eq!(
+        settings["permissions"]["allow"],
+        serde_json::json!([
+            "mcp__freellmapi__list_models",
+            "mcp__freellmapi__claude_budget"
+        ]),
+        "the read-only tools are allowed for good"
+    );
     let raw = std::fs::read_to_string(claude.join("settings.json")).unwrap();
     assert!(
         raw.find("\"theme\"") < raw.find("\"statusLine\""),
@@ -202,6 +220,71 @@ fn init_is_idempotent_and_keeps_the_old_statusline() {
         serde_json::from_str(&std::fs::read_to_string(sb.dir.path().join(".mcp.json")).unwrap())
             .unwrap();
     assert_eq!(mcp["mcpServers"]["freellmapi"]["type"], "stdio");
+    // Not on PATH here: this machine's path, said as such.
+    assert!(
+        mcp["mcpServers"]["freellmapi"]["command"]
+            .as_str()
+            .unwrap()
+            .starts_with('/')
+    );
+
+    // --undo takes back what init added and leaves the user's own things.
+    let undo = sb
+        .cmd()
+        .env("PATH", "/usr/bin:/bin")
+        .args(["init", "--undo"])
+        .output()
+        .unwrap();
+    let o = text(&undo.stdout);
+    assert!(o.contains("statusLine: put back `~/bin/my-line`"), "{o}");
+    assert!(o.contains("left as is (it is yours"), "{o}");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(claude.join("settings.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        settings,
+        serde_json::json!({"theme": "dark", "statusLine": {"type": "command", "command": "~/bin/my-line", "padding": 0}})
+    );
+    assert!(
+        !std::fs::read_to_string(claude.join("CLAUDE.md"))
+            .unwrap()
+            .contains("freepool-mcp -->")
+    );
+    assert!(sb.config_path().exists());
+    let undo = sb
+        .cmd()
+        .args(["init", "--project", "--undo"])
+        .output()
+        .unwrap();
+    assert!(undo.status.success(), "{}", text(&undo.stdout));
+    let mcp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.dir.path().join(".mcp.json")).unwrap())
+            .unwrap();
+    assert!(mcp["mcpServers"].get("freellmapi").is_none(), "{mcp}");
+}
+
+#[test]
+fn init_project_names_the_bare_command_when_it_is_on_path() {
+    let sb = Sandbox::new();
+    let bin_dir = std::path::Path::new(crate::support::bin())
+        .parent()
+        .unwrap();
+    let out = sb
+        .cmd()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+        .args(["init", "--project"])
+        .output()
+        .unwrap();
+    let o = text(&out.stdout);
+    assert!(o.contains("(as `freepool-mcp`, found on PATH)"), "{o}");
+    assert!(
+        o.contains("note: Claude Code asks each person to approve"),
+        "{o}"
+    );
+    let mcp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.dir.path().join(".mcp.json")).unwrap())
+            .unwrap();
+    assert_eq!(mcp["mcpServers"]["freellmapi"]["command"], "freepool-mcp");
 }
 
 #[test]

@@ -320,3 +320,62 @@ fn scan_takes_many_files_reads_bytes_lossily_and_says_its_exit_codes() {
         text(&help.stdout)
     );
 }
+
+/// Names and modification times of the files in `dir`, SQLite's own
+/// `-wal` and `-shm` aside (a reader may create them; they hold no data).
+fn listing(dir: &std::path::Path) -> Vec<(String, std::time::SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            !n.ends_with("-wal") && !n.ends_with("-shm")
+        })
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().modified().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn read_only_commands_create_and_change_nothing() {
+    let (_mock, sb) = crate::support::single_provider("alpha");
+    // No state yet: each reads as empty and creates nothing.
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["log", "stats"],
+        &["log", "export"],
+    ] {
+        let out = sb.cmd().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(!sb.state().exists(), "{args:?} created the state dir");
+    }
+    let out = sb.cmd().arg("status").output().unwrap();
+    assert!(
+        text(&out.stdout).contains("(none yet)"),
+        "{}",
+        text(&out.stdout)
+    );
+    // With state: read as it is, not a file touched.
+    let out = sb.cmd().args(["delegate", "hello"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_millis(20));
+    let before = listing(&sb.state());
+    for args in [
+        &["status", "--json"][..],
+        &["log", "stats"],
+        &["log", "export"],
+    ] {
+        let out = sb.cmd().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+    assert_eq!(listing(&sb.state()), before);
+    let s = crate::support::status_json(&sb);
+    assert!(!s["usage"].as_array().unwrap().is_empty(), "{s}");
+}

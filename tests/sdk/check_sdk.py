@@ -106,7 +106,7 @@ async def run(binary, mock_binary):
 
             r = await session.call_tool("claude_budget", {})
             t = text_of(r)
-            check(not is_error(r) and "mode: delegate_more" in t and "weekly: 78% used" in t, "claude_budget reads the statusline capture", t)
+            check(not is_error(r) and "mode: delegate_more" in t and "weekly: 77% used" in t, "claude_budget reads the statusline capture", t)
 
             r = await session.call_tool("log_route_decision", {"gist": "design the cache layer", "route": "claude", "score": 8, "task_type": "architecture"})
             t = text_of(r)

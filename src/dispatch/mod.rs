@@ -395,7 +395,10 @@ impl Engine {
                     for p in &mut cat.providers {
                         for k in &mut p.keys {
                             k.resolve();
-                            if let Some(problem) = &k.problem {
+                            // Only a command that failed is news; an unset
+                            // variable is the normal state of most providers.
+                            if let (KeySource::Command(_), Some(problem)) = (&k.source, &k.problem)
+                            {
                                 tracing::warn!(provider = %p.id, "{problem}");
                             }
                         }

@@ -141,6 +141,13 @@ pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
     if !unusable.is_empty() {
         let _ = write!(out, "\n\nnot configured: {}", unusable.join("; "));
     }
+    if !catalog.retired.is_empty() {
+        let _ = write!(
+            out,
+            "\n\n{} catalog entries are off as gone upstream (`freepool-mcp models` says why).",
+            catalog.retired.len()
+        );
+    }
     out
 }
 
@@ -161,8 +168,10 @@ fn model_line(p: &Provider, m: &Model, h: &Headroom, snap: &UsageSnapshot) -> St
     if p.is_keyless() && p.usable_keys().next().is_none() {
         notes.push("keyless, anonymous");
     }
-    if p.trains_on_prompts == Some(true) {
-        notes.push("may train on prompts");
+    match p.trains_on_prompts {
+        Some(true) => notes.push("may train on prompts"),
+        None => notes.push("training not stated"),
+        Some(false) => {}
     }
     if m.vision {
         notes.push("vision");
@@ -615,6 +624,12 @@ pub(crate) fn catalog_table(catalog: &Catalog) -> String {
         "\n{} providers, {n_models} models; {usable} providers usable now.\n",
         catalog.providers.len()
     );
+    if !catalog.retired.is_empty() {
+        out.push_str("\noff, gone upstream (turn one back on with enabled = true in your file):\n");
+        for (id, why) in &catalog.retired {
+            let _ = writeln!(out, "    {id:<52} {why}");
+        }
+    }
     if let Some(path) = &catalog.user_file {
         let _ = writeln!(out, "user file: {}", path.display());
     }
@@ -631,14 +646,11 @@ mod tests {
             crate::config::load_from(None, &|n| (n == "GROQ_API_KEY").then(|| "k".to_owned()));
         let text = models_text(&cat, &UsageSnapshot::default());
         assert!(
-            text.contains("groq/llama-3.3-70b-versatile [llama-3.3-70b]"),
+            text.contains("groq/openai/gpt-oss-120b [gpt-oss-120b]"),
             "{text}"
         );
         assert!(text.contains("keyless, anonymous"), "{text}");
-        assert!(
-            text.contains("not configured: cerebras no key ($CEREBRAS_API_KEY)"),
-            "{text}"
-        );
+        assert!(text.contains("mistral no key ($MISTRAL_API_KEY)"), "{text}");
         assert!(text.contains("Auto context ceiling"), "{text}");
         // One line per usable model, none very long.
         assert!(

@@ -121,7 +121,8 @@ struct ProviderFile {
     key_env: Option<Vec<String>>,
     keys: Option<Vec<KeyFile>>,
     keys_stack: Option<bool>,
-    trains_on_prompts: Option<bool>,
+    trains_on_prompts: Option<Training>,
+    gone: Option<String>,
     headers: Option<BTreeMap<String, String>>,
     vars: Option<BTreeMap<String, String>>,
     local: Option<bool>,
@@ -139,6 +140,20 @@ struct ProviderFile {
     pools: Map<String, toml::Value>,
     #[serde(default)]
     models: Map<String, toml::Value>,
+}
+
+/// `trains_on_prompts` as written: `true`, `false` or `"unknown"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Training {
+    Stated(bool),
+    Word(TrainingWord),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TrainingWord {
+    Unknown,
 }
 
 /// One entry of `keys = [...]`: exactly one of `value`, `env`, `command`.
@@ -161,6 +176,9 @@ struct PoolFile {
 #[serde(deny_unknown_fields)]
 struct ModelFile {
     name: Option<String>,
+    /// Read from the raw table before typing (see `resolve_provider`).
+    #[serde(rename = "gone")]
+    _gone: Option<String>,
     family: Option<String>,
     context: Option<u32>,
     max_output: Option<u32>,
@@ -607,6 +625,9 @@ pub struct Catalog {
     pub problems: Vec<ConfigError>,
     /// Warnings (e.g. a key file readable by others).
     pub warnings: Vec<String>,
+    /// Providers and models the catalog keeps off because they are gone
+    /// upstream: (`provider` or `provider/model`, the dated reason).
+    pub retired: Vec<(String, String)>,
 }
 
 impl Catalog {
@@ -728,17 +749,20 @@ fn load_located(
     let mut settings = resolve_settings(std::mem::take(&mut doc.settings), &locate, &mut problems);
     settings.checks = resolve_checks(std::mem::take(&mut doc.checks), &locate, &mut problems);
     let mut providers = Vec::new();
+    let retired = std::cell::RefCell::new(Vec::new());
     for (id, value) in doc.providers {
         let ctx = Resolving {
             settings: &settings,
             known: &known,
             env_lookup,
             locate: &locate,
+            retired: &retired,
         };
         if let Some(p) = resolve_provider(&id, value, &ctx, &mut problems) {
             providers.push(p);
         }
     }
+    let retired = retired.into_inner();
     // The user's file first, in its own order: that is how they will fix it.
     problems.sort_by_key(|p| (p.origin == builtin_origin, p.line));
     Catalog {
@@ -747,6 +771,7 @@ fn load_located(
         user_file,
         problems,
         warnings,
+        retired,
     }
 }
 
@@ -1059,6 +1084,8 @@ struct Resolving<'a> {
     known: &'a BTreeMap<String, Vec<String>>,
     env_lookup: &'a dyn Fn(&str) -> Option<String>,
     locate: &'a dyn Fn(&str) -> (PathBuf, Option<usize>),
+    /// Entries kept off as gone upstream, with their reasons.
+    retired: &'a std::cell::RefCell<Vec<(String, String)>>,
 }
 
 /// Validates one provider. A problem with the provider itself (its table,
@@ -1132,6 +1159,13 @@ fn resolve_provider(
     if off || raw.enabled == Some(false) {
         return None;
     }
+    // Gone upstream: off unless the user turns it back on (a trial credit, say).
+    if let Some(why) = &raw.gone
+        && raw.enabled != Some(true)
+    {
+        ctx.retired.borrow_mut().push((id.to_owned(), why.clone()));
+        return None;
+    }
     let Some(template) = raw.base_url.clone() else {
         problems.push(err(
             "base_url",
@@ -1160,8 +1194,13 @@ fn resolve_provider(
         // `[settings] keyless = false` turns every anonymous provider off.
         return None;
     }
-    let trains = raw.trains_on_prompts;
-    if settings.exclude_training && trains == Some(true) {
+    let trains = match raw.trains_on_prompts {
+        Some(Training::Stated(b)) => Some(b),
+        Some(Training::Word(TrainingWord::Unknown)) | None => None,
+    };
+    // Fail closed: with exclude_training, a provider that does not say it
+    // keeps prompts out of training is treated as one that may train.
+    if settings.exclude_training && trains != Some(false) {
         return None;
     }
     let (base_url, missing_vars) = fill_vars(&template, raw.vars.as_ref(), env_lookup);
@@ -1234,6 +1273,14 @@ fn resolve_provider(
                     close_matches(&mid, builtin.iter().map(String::as_str))
                 ),
             ));
+            continue;
+        }
+        if let Some(why) = mv.get("gone").and_then(toml::Value::as_str)
+            && mv.get("enabled").and_then(toml::Value::as_bool) != Some(true)
+        {
+            ctx.retired
+                .borrow_mut()
+                .push((format!("{id}/{mid}"), why.to_owned()));
             continue;
         }
         let mut ignored = Vec::new();
@@ -1628,6 +1675,93 @@ mod tests {
         );
     }
 
+    /// The figures of the 2026-12-02 review that change what a user gets.
+    #[test]
+    fn catalog_review_pins_what_moved_upstream() {
+        let cat = load_from(None, &no_env);
+        let groq = cat.provider("groq").unwrap();
+        for gone in ["llama-3.3-70b-versatile", "llama-3.1-8b-instant"] {
+            assert!(!groq.models.iter().any(|m| m.id == gone), "{gone} is off");
+            let id = format!("groq/{gone}");
+            let (_, why) = cat.retired.iter().find(|(r, _)| *r == id).unwrap();
+            assert!(why.starts_with("20"), "dated reason: {why}");
+        }
+        assert!(
+            cat.provider("cerebras").is_none(),
+            "Cerebras has no free tier"
+        );
+        assert!(cat.retired.iter().any(|(r, _)| r == "cerebras"));
+        for p in ["kilo", "opencode"] {
+            let p = cat.provider(p).unwrap_or_else(|| panic!("{p} on"));
+            assert_eq!(p.trains_on_prompts, Some(true), "{}", p.id);
+        }
+        let ovh = cat
+            .provider("ovhcloud")
+            .expect("OVHcloud is on with no key");
+        assert!(ovh.is_keyless());
+        assert_eq!(ovh.trains_on_prompts, None, "not stated");
+        assert!(ovh.models.len() >= 5);
+        let keyless: Vec<_> = cat.providers.iter().filter(|p| p.is_keyless()).collect();
+        assert!(keyless.len() >= 4, "{}", keyless.len());
+        // Mistral's free mode is a monthly token pool.
+        let mistral = cat.provider("mistral").unwrap();
+        assert!(
+            mistral
+                .pools
+                .iter()
+                .flat_map(|p| &p.limits)
+                .any(|l| l.key() == "tpmo" && l.max == 1_000_000_000)
+        );
+        let llm7 = cat.provider("llm7").unwrap();
+        assert!(
+            llm7.pools
+                .iter()
+                .flat_map(|p| &p.limits)
+                .any(|l| l.key() == "rph" && l.max == 60)
+        );
+    }
+
+    #[test]
+    fn training_is_three_valued_and_unknown_fails_closed() {
+        let text = "[settings]\nexclude_training = true\n\
+                    [providers.groq]\ntrains_on_prompts = \"unknown\"\n";
+        let cat = load_user(text, &|n| (n == "GROQ_API_KEY").then(|| "k".into()));
+        assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+        assert!(cat.provider("groq").is_none(), "unknown counts as training");
+        assert!(
+            cat.provider("ovhcloud").is_none(),
+            "unknown counts as training"
+        );
+        assert!(cat.provider("kilo").is_none(), "trains");
+        let cat = load_user("[providers.groq]\ntrains_on_prompts = \"maybe\"\n", &no_env);
+        let all: Vec<String> = cat.problems.iter().map(ToString::to_string).collect();
+        assert!(
+            all.iter()
+                .any(|p| p.contains("providers.groq.trains_on_prompts")),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn a_gone_entry_comes_back_only_when_the_user_says_so() {
+        let cat = load_user(
+            "[providers.groq.models.\"llama-3.3-70b-versatile\"]\nenabled = true\n",
+            &|n| (n == "GROQ_API_KEY").then(|| "k".into()),
+        );
+        assert!(cat.problems.is_empty(), "{:?}", cat.problems);
+        let groq = cat.provider("groq").unwrap();
+        assert!(
+            groq.models
+                .iter()
+                .any(|m| m.id == "llama-3.3-70b-versatile")
+        );
+        assert!(
+            !cat.retired
+                .iter()
+                .any(|(r, _)| r.contains("llama-3.3-70b-v"))
+        );
+    }
+
     #[test]
     fn json_and_toml_forms_of_the_builtin_agree() {
         let (from_toml, problems) = parse_file(BUILTIN_CATALOG, Path::new("t")).unwrap();
@@ -1648,7 +1782,7 @@ mod tests {
         let cat = load_from(None, &no_env);
         let serving: Vec<_> = cat
             .models()
-            .filter(|(_, m)| m.family == "llama-3.3-70b")
+            .filter(|(_, m)| m.family == "gpt-oss-120b")
             .map(|(p, _)| p.id.as_str())
             .collect();
         assert!(serving.len() >= 3, "{serving:?}");
@@ -1682,10 +1816,10 @@ mod tests {
     fn user_file_overrides_by_id_key_by_key() {
         let cat = load_user(
             r#"
-[providers.groq.models."llama-3.3-70b-versatile"]
+[providers.groq.models."openai/gpt-oss-120b"]
 limits = { rpd = 10 }
 
-[providers.cerebras]
+[providers.mistral]
 enabled = false
 
 [providers.groq.models."groq/compound"]
@@ -1694,13 +1828,13 @@ enabled = false
             &no_env,
         );
         assert!(cat.problems.is_empty(), "{:?}", cat.problems);
-        assert!(cat.provider("cerebras").is_none());
+        assert!(cat.provider("mistral").is_none());
         let groq = cat.provider("groq").unwrap();
         assert!(!groq.models.iter().any(|m| m.id == "groq/compound"));
         let llama = groq
             .models
             .iter()
-            .find(|m| m.id == "llama-3.3-70b-versatile")
+            .find(|m| m.id == "openai/gpt-oss-120b")
             .unwrap();
         let rpd = llama.limits.iter().find(|l| l.key() == "rpd").unwrap();
         assert_eq!(rpd.max, 10);
@@ -1709,7 +1843,7 @@ enabled = false
             llama
                 .limits
                 .iter()
-                .any(|l| l.key() == "tpm" && l.max == 12000)
+                .any(|l| l.key() == "tpm" && l.max == 8000)
         );
         assert_eq!(llama.context, 131_072);
     }
@@ -1765,22 +1899,20 @@ context = 8192
     #[test]
     fn unknown_key_is_named_with_its_line_and_costs_only_itself() {
         let cat = load_user(
-            "\n\n[providers.groq.models.\"llama-3.3-70b-versatile\"]\ncontxt = 5\n",
+            "\n\n[providers.groq.models.\"openai/gpt-oss-120b\"]\ncontxt = 5\n",
             &no_env,
         );
         assert_eq!(cat.problems.len(), 1, "{:?}", cat.problems);
         let msg = cat.problems[0].to_string();
         assert!(
             msg.ends_with(
-                "providers.toml:4: providers.groq.models.\"llama-3.3-70b-versatile\".contxt: unknown key (did you mean `context`?); ignored"
+                "providers.toml:4: providers.groq.models.\"openai/gpt-oss-120b\".contxt: unknown key (did you mean `context`?); ignored"
             ),
             "{msg}"
         );
         let groq = cat.provider("groq").expect("groq stays on");
         assert!(
-            groq.models
-                .iter()
-                .any(|m| m.id == "llama-3.3-70b-versatile"),
+            groq.models.iter().any(|m| m.id == "openai/gpt-oss-120b"),
             "the model keeps its built-in context"
         );
     }
@@ -1788,7 +1920,7 @@ context = 8192
     #[test]
     fn a_typo_in_an_id_is_an_error_with_the_close_match() {
         let cat = load_user(
-            "[providers.grok]\nenabled = false\n\n[providers.groq.models.\"llama-3.3-70b-versatil\"]\nenabled = false\n",
+            "[providers.grok]\nenabled = false\n\n[providers.groq.models.\"openai/gpt-oss-12\"]\nenabled = false\n",
             &no_env,
         );
         let all: Vec<String> = cat.problems.iter().map(ToString::to_string).collect();
@@ -1798,17 +1930,13 @@ context = 8192
             "{all:#?}"
         );
         assert!(
-            all[1].contains("providers.toml:4: providers.groq.models.\"llama-3.3-70b-versatil\": not a model of groq in the built-in catalog (did you mean `llama-3.3-70b-versatile`?)"),
+            all[1].contains("providers.toml:4: providers.groq.models.\"openai/gpt-oss-12\": not a model of groq in the built-in catalog (did you mean `openai/gpt-oss-120b`?)"),
             "{all:#?}"
         );
         let groq = cat
             .provider("groq")
             .expect("groq is still on: the typo turned nothing off");
-        assert!(
-            groq.models
-                .iter()
-                .any(|m| m.id == "llama-3.3-70b-versatile")
-        );
+        assert!(groq.models.iter().any(|m| m.id == "openai/gpt-oss-120b"));
     }
 
     #[test]
@@ -1846,7 +1974,7 @@ context = 8192
     #[test]
     fn a_bad_vital_provider_key_keeps_only_that_provider_off() {
         let cat = load_user(
-            "[providers.groq]\nenabled = \"nope\"\ntimeout_secs = \"long\"\n[providers.cerebras]\ntimeout_secs = \"long\"\n",
+            "[providers.groq]\nenabled = \"nope\"\ntimeout_secs = \"long\"\n[providers.mistral]\ntimeout_secs = \"long\"\n",
             &no_env,
         );
         let all: Vec<String> = cat.problems.iter().map(ToString::to_string).collect();
@@ -1856,7 +1984,7 @@ context = 8192
         );
         assert!(cat.provider("groq").is_none());
         assert!(
-            cat.provider("cerebras").is_some(),
+            cat.provider("mistral").is_some(),
             "a bad timeout is ignored: {all:#?}"
         );
         assert_eq!(all.len(), 3, "{all:#?}");

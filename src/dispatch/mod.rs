@@ -264,6 +264,7 @@ fn failed_catalog() -> Catalog {
             message: "loading the catalog failed unexpectedly; no provider is enabled".into(),
         }],
         warnings: Vec::new(),
+        retired: Vec::new(),
     }
 }
 

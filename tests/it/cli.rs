@@ -48,9 +48,9 @@ fn delegate_with_no_provider_says_what_to_set() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("no model can take this request now"), "{err}");
-    // Twelve unconfigured providers are one line, not twelve.
+    // Eleven unconfigured providers are one line, not eleven.
     assert!(
-        err.contains("\n12 providers have no key or setting (list_models, or `freepool-mcp models`, names them).\n"),
+        err.contains("\n11 providers have no key or setting (list_models, or `freepool-mcp models`, names them).\n"),
         "{err}"
     );
     assert!(err.lines().count() <= 5, "{err}");
@@ -290,12 +290,12 @@ fn init_project_names_the_bare_command_when_it_is_on_path() {
 #[test]
 fn check_names_file_line_and_key() {
     let sb = Sandbox::new();
-    sb.config("[providers.groq.models.\"llama-3.3-70b-versatile\"]\ncontext = \"big\"\n");
+    sb.config("[providers.groq.models.\"openai/gpt-oss-120b\"]\ncontext = \"big\"\n");
     let out = sb.cmd().arg("check").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let o = text(&out.stdout);
     assert!(
-        o.contains("providers.toml:5: providers.groq.models.\"llama-3.3-70b-versatile\".context: expected a whole number (0 or more), found the text \"big\"; the model is left out"),
+        o.contains("providers.toml:5: providers.groq.models.\"openai/gpt-oss-120b\".context: expected a whole number (0 or more), found the text \"big\"; the model is left out"),
         "{o}"
     );
     // No usable provider at all: non-zero, and each enabled one says what it lacks.
@@ -324,7 +324,7 @@ fn models_lists_the_catalog_with_key_status() {
     let o = text(&out.stdout);
     assert!(o.contains("groq — Groq · key "), "{o}");
     assert!(
-        o.contains("cerebras — Cerebras · no key: set $CEREBRAS_API_KEY"),
+        o.contains("mistral — Mistral (La Plateforme, Experiment) · no key: set $MISTRAL_API_KEY"),
         "{o}"
     );
     assert!(!o.contains("gsk-test-value"));

@@ -63,10 +63,10 @@ proptest! {
     fn overriding_one_limit_changes_only_it(rpd in 1u64..100_000) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("providers.toml");
-        std::fs::write(&path, format!("[providers.groq.models.\"llama-3.3-70b-versatile\"]\nlimits = {{ rpd = {rpd} }}\n")).unwrap();
+        std::fs::write(&path, format!("[providers.groq.models.\"openai/gpt-oss-120b\"]\nlimits = {{ rpd = {rpd} }}\n")).unwrap();
         let cat = config::load_from(Some(&path), &|_| None);
         let base = config::load_from(None, &|_| None);
-        let m = |c: &config::Catalog| c.provider("groq").unwrap().models.iter().find(|m| m.id == "llama-3.3-70b-versatile").unwrap().clone();
+        let m = |c: &config::Catalog| c.provider("groq").unwrap().models.iter().find(|m| m.id == "openai/gpt-oss-120b").unwrap().clone();
         let (new, old) = (m(&cat), m(&base));
         for (a, b) in new.limits.iter().zip(old.limits.iter()) {
             if a.key() == "rpd" { prop_assert_eq!(a.max, rpd); } else { prop_assert_eq!(a, b); }

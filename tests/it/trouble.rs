@@ -204,14 +204,14 @@ fn empty_variables_mean_unset() {
 }
 
 #[test]
-fn a_failure_with_twelve_unconfigured_providers_stays_short() {
+fn a_failure_with_eleven_unconfigured_providers_stays_short() {
     let sb = Sandbox::new();
     let mut c = sb.mcp();
     c.initialize();
     let (err, t) = c.call("delegate", json!({"prompt": "hello"}));
     assert!(err);
     assert!(
-        t.contains("12 providers have no key or setting"),
+        t.contains("11 providers have no key or setting"),
         "counted once, not listed: {t}"
     );
     assert!(

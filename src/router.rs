@@ -228,6 +228,13 @@ impl std::fmt::Display for Reason {
             Reason::Blocked(Blocked::Benched { reason, .. }) => {
                 write!(f, "cooling down after {reason}")
             }
+            Reason::Blocked(Blocked::Gone { since, words }) => {
+                write!(
+                    f,
+                    "gone upstream since {}: \"{words}\"",
+                    crate::quota::day(*since)
+                )
+            }
             Reason::Blocked(Blocked::Full {
                 limit, used, max, ..
             }) => write!(f, "{limit} used up ({used}/{max})"),

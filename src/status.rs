@@ -100,6 +100,9 @@ pub(crate) fn models_text(catalog: &Catalog, snap: &UsageSnapshot) -> String {
                         .unwrap_or_default();
                     let why = match &b {
                         Blocked::Benched { reason, .. } => reason.clone(),
+                        Blocked::Gone { since, words } => {
+                            format!("gone upstream since {}: \"{words}\"", quota::day(*since))
+                        }
                         Blocked::Full { limit, .. } => format!("{limit} used up"),
                         Blocked::Busy { .. } => "busy".into(),
                     };
@@ -318,12 +321,43 @@ pub(crate) struct StatusReport {
     pub(crate) usage: Vec<ScopeUse>,
     /// Benches in force.
     pub(crate) cooldowns: Vec<BenchView>,
+    /// Models a provider said it no longer serves, per key.
+    pub(crate) gone: Vec<GoneView>,
+    /// Limits a provider stated (headers, 429 bodies) below the catalog's.
+    pub(crate) learned: Vec<LearnedView>,
     /// Requests in flight across all processes.
     pub(crate) in_flight: u64,
     /// The soonest fixed reset among used limits, RFC 3339.
     pub(crate) soonest_reset: Option<String>,
     /// How answers fared per model and task type (checks and Claude's outcomes).
     pub(crate) answers: Vec<JudgedView>,
+}
+
+/// A model gone upstream for one key: kept out until the catalog entry
+/// changes or `status --clear-cooldowns`.
+#[derive(Debug, Serialize)]
+pub(crate) struct GoneView {
+    /// `provider/model`.
+    pub(crate) model: String,
+    /// Key fingerprint, or `anon`.
+    pub(crate) key: String,
+    /// When the provider first said so, RFC 3339.
+    pub(crate) since: String,
+    /// The provider's words, scrubbed of keys and cut short.
+    pub(crate) words: String,
+}
+
+/// A limit learned from a provider, beside the catalog's figure.
+#[derive(Debug, Serialize)]
+pub(crate) struct LearnedView {
+    /// `provider/model`.
+    pub(crate) model: String,
+    /// `tpm`, `rpd`, ...
+    pub(crate) limit: String,
+    /// The catalog's figure, when it has one.
+    pub(crate) catalog: Option<u64>,
+    /// What the provider stated (the one in force when lower).
+    pub(crate) learned: u64,
 }
 
 /// How one model's answers fared at one task type.
@@ -444,6 +478,32 @@ pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str)
             seconds_left: (c.until - now + 999) / 1000,
         })
         .collect();
+    let mut gone: Vec<GoneView> = snap
+        .gone
+        .iter()
+        .map(|g| GoneView {
+            model: format!(
+                "{}/{}",
+                g.scope.provider,
+                g.scope.model.as_deref().unwrap_or("*")
+            ),
+            key: g.scope.key.clone().unwrap_or_else(|| "*".into()),
+            since: quota::iso(g.since / 1000),
+            words: g.words.clone(),
+        })
+        .collect();
+    gone.sort_by(|a, b| (&a.model, &a.key).cmp(&(&b.model, &b.key)));
+    let mut learned: Vec<LearnedView> = snap
+        .learned
+        .iter()
+        .map(|((p, m, key), max)| LearnedView {
+            model: format!("{p}/{m}"),
+            limit: key.clone(),
+            catalog: catalog_figure(catalog, p, m, key),
+            learned: *max,
+        })
+        .collect();
+    learned.sort_by(|a, b| (&a.model, &a.limit).cmp(&(&b.model, &b.limit)));
     let in_flight = snap.usage.values().map(|c| c.in_flight).sum();
     let mut answers: Vec<JudgedView> = snap
         .verdicts
@@ -463,10 +523,31 @@ pub(crate) fn report(catalog: &Catalog, snap: &UsageSnapshot, ledger_path: &str)
         keys,
         usage,
         cooldowns,
+        gone,
+        learned,
         in_flight,
         soonest_reset: soonest.map(|s| quota::iso(s / 1000)),
         answers,
     }
+}
+
+/// The catalog's figure for a limit of a model: its own, else its pools'.
+fn catalog_figure(catalog: &Catalog, provider: &str, model: &str, key: &str) -> Option<u64> {
+    let p = catalog.provider(provider)?;
+    let own = p
+        .models
+        .iter()
+        .filter(|m| m.id == model)
+        .flat_map(|m| &m.limits);
+    let pooled = p
+        .pools
+        .iter()
+        .filter(|pool| pool.covers(model))
+        .flat_map(|pool| &pool.limits);
+    own.chain(pooled)
+        .filter(|l| l.key() == key)
+        .map(|l| l.max)
+        .min()
 }
 
 /// Each limit of a scope with its use now.
@@ -534,6 +615,30 @@ pub(crate) fn report_text(r: &StatusReport) -> String {
             c.until,
             quota::relative(c.seconds_left)
         );
+    }
+    if !r.gone.is_empty() {
+        out.push_str("\ngone upstream (not tried again until the catalog entry changes or `status --clear-cooldowns`):\n");
+        for g in &r.gone {
+            let _ = writeln!(
+                out,
+                "  {:<52} {:<14} since {}: \"{}\"",
+                g.model, g.key, g.since, g.words
+            );
+        }
+    }
+    if !r.learned.is_empty() {
+        out.push_str("\nlimits stated by providers (the lower figure is in force):\n");
+        for l in &r.learned {
+            let catalog = l.catalog.map_or_else(
+                || "not in the catalog".to_owned(),
+                |c| format!("catalog {c}"),
+            );
+            let _ = writeln!(
+                out,
+                "  {:<52} {:<5} provider says {}, {catalog}",
+                l.model, l.limit, l.learned
+            );
+        }
     }
     if !r.answers.is_empty() {
         out.push_str(

@@ -86,6 +86,7 @@ pub fn lease_worker(
             calibration: None,
             bench: None,
             learned: None,
+            gone: None,
         };
         store
             .commit_blocking(&lease, &rec, now())

@@ -447,22 +447,85 @@ pub(crate) fn classify_status(status: u16, headers: &HeaderMap, body: &str) -> F
         400 if lower.contains("api_key_invalid") || lower.contains("api key not valid") => {
             Failure::Unauthorized
         }
+        402 if says_no_credit(&lower) => Failure::Gone { definite: true },
         402 => Failure::PaymentRequired,
+        403 if says_not_in_tier(&lower) => Failure::Gone { definite: true },
         403 => Failure::Forbidden,
         400 if lower.contains("failed_precondition") => Failure::Forbidden,
-        404 | 410 => Failure::ModelGone,
+        410 => Failure::Gone { definite: true },
+        400..=499 if says_retired(&lower) => Failure::Gone { definite: true },
         413 => Failure::ContextTooLong,
         400..=499 if context_msg => Failure::ContextTooLong,
-        400..=499
-            if lower.contains("no endpoints")
-                || lower.contains("model_not_found")
-                || lower.contains("does not exist") =>
-        {
-            Failure::ModelGone
-        }
+        400..=499 if says_no_such_model(&lower, status == 404) => Failure::Gone { definite: false },
+        404 => Failure::NotFound,
         400..=499 => Failure::Rejected(status),
         _ => Failure::Server(status),
     }
+}
+
+/// "decommissioned", "end of life", "the model ... is no longer
+/// supported": the model is retired, and saying so is definite. The loose
+/// phrases count only after the word "model" in the same sentence, so a
+/// parameter that is "no longer supported" does not retire a model.
+fn says_retired(lower: &str) -> bool {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(r"model[^.\n]{0,120}(no longer (supported|available|served|offered)|has been (deprecated|retired|removed)|was (deprecated|retired|removed))")
+            .expect("static regex")
+    });
+    [
+        "decommissioned",
+        "end of life",
+        "end-of-life",
+        "model_deprecated",
+        "discontinued",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+        || re.is_match(lower)
+}
+
+/// A 403 that says the model is outside the key's plan, not that the key
+/// is refused ("not in your subscription tier", Mistral).
+fn says_not_in_tier(lower: &str) -> bool {
+    [
+        "subscription tier",
+        "not in your subscription",
+        "not available on your plan",
+        "upgrade your plan",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+}
+
+/// A 402 that says the (free or trial) credit is spent.
+fn says_no_credit(lower: &str) -> bool {
+    lower.contains("credit")
+}
+
+/// A 4xx that names the model as unknown: Groq and OpenAI's
+/// `model_not_found`, OpenRouter's "No endpoints found", Ollama's `model
+/// "x" not found`, Google's "is not found for API version", NVIDIA's "Not
+/// found for account", Mistral's "Invalid model", Cloudflare's "No such
+/// model". A 404 may say it more loosely ("the model `x` does not exist").
+fn says_no_such_model(lower: &str, is_404: bool) -> bool {
+    let named = [
+        "model_not_found",
+        "model not found",
+        "no endpoints found",
+        "no such model",
+        "invalid model",
+        "unknown model",
+        "not found for account",
+        "is not found for api version",
+        "does not exist or you do not have access",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
+    named
+        || (is_404
+            && lower.contains("model")
+            && (lower.contains("does not exist") || lower.contains("not found")))
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -721,9 +784,62 @@ mod tests {
             ),
             (402, "", Failure::PaymentRequired),
             (403, "", Failure::Forbidden),
-            (404, "", Failure::ModelGone),
-            (410, "", Failure::ModelGone),
-            (400, "No endpoints found for model", Failure::ModelGone),
+            (404, "", Failure::NotFound),
+            (404, "<html><title>404 Not Found</title>", Failure::NotFound),
+            (410, "", Failure::Gone { definite: true }),
+            // Each provider's words for a model it no longer serves.
+            (
+                400,
+                r#"{"error":{"message":"The model `llama-3.1-70b-versatile` has been decommissioned and is no longer supported.","type":"invalid_request_error","code":"model_decommissioned"}}"#,
+                Failure::Gone { definite: true },
+            ),
+            (
+                410,
+                r#"{"type":"about:blank","status":410,"title":"Gone","detail":"The model 'minimaxai/minimax-m2.7' has reached its end of life."}"#,
+                Failure::Gone { definite: true },
+            ),
+            (
+                403,
+                r#"{"object":"error","message":"The model mistral-large-latest is not in your subscription tier","type":"forbidden"}"#,
+                Failure::Gone { definite: true },
+            ),
+            (
+                402,
+                r#"{"error":"You have no remaining credits for Inference Providers."}"#,
+                Failure::Gone { definite: true },
+            ),
+            (
+                404,
+                r#"{"error":{"message":"The model `groq/compound` does not exist or you do not have access to it.","type":"invalid_request_error","code":"model_not_found"}}"#,
+                Failure::Gone { definite: false },
+            ),
+            (
+                404,
+                r#"{"error":{"message":"No endpoints found for qwen/qwen3-coder:free.","code":404}}"#,
+                Failure::Gone { definite: false },
+            ),
+            (
+                404,
+                r#"{"error":"model \"qwen3-coder:480b-cloud\" not found"}"#,
+                Failure::Gone { definite: false },
+            ),
+            (
+                404,
+                r#"[{"error":{"code":404,"message":"models/gemini-1.5-flash is not found for API version v1beta","status":"NOT_FOUND"}}]"#,
+                Failure::Gone { definite: false },
+            ),
+            (
+                400,
+                r#"{"object":"error","message":"Invalid model: magistral-medium-2509","type":"invalid_model","code":"1500"}"#,
+                Failure::Gone { definite: false },
+            ),
+            // A parameter that is no longer supported retires no model.
+            (
+                400,
+                r#"{"error":{"message":"'functions' is no longer supported; use 'tools'"}}"#,
+                Failure::Rejected(400),
+            ),
+            (402, "Payment required", Failure::PaymentRequired),
             (413, "", Failure::ContextTooLong),
             (
                 400,

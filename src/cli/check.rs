@@ -66,6 +66,24 @@ pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
             if let Some(w) = store.warning() {
                 let _ = writeln!(text, "warning: {w}");
             }
+            if let Ok(snap) = engine.snapshot_all(&catalog).await
+                && !snap.gone.is_empty()
+            {
+                let _ = writeln!(
+                    text,
+                    "gone upstream (left out until the catalog entry changes or `freepool-mcp status --clear-cooldowns`):"
+                );
+                for g in &snap.gone {
+                    let _ = writeln!(
+                        text,
+                        "  {} key {}: since {}: \"{}\"",
+                        g.scope.provider.clone() + "/" + g.scope.model.as_deref().unwrap_or("*"),
+                        g.scope.key.as_deref().unwrap_or("*"),
+                        crate::quota::day(g.since),
+                        g.words
+                    );
+                }
+            }
         }
         Err(e) => {
             let _ = writeln!(text, "error: {}", texts::full(&e));

@@ -20,7 +20,7 @@ use super::seams::{Clock, Upstream};
 use super::{Attempt, Error, Served, Wrote};
 use crate::config::{Catalog, Provider, Window};
 use crate::gate;
-use crate::quota::{self, Bench, Failure, Millis, Need};
+use crate::quota::{self, Bench, Failure, GoneReport, Millis, Need};
 use crate::router::{self, Candidate, Excluded, Rejection, Selector};
 use crate::store::{AttemptRecord, Lease, SharedStore, Slot};
 use crate::upstream::{ChatRequest, Completion, Target};
@@ -293,7 +293,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
             Err(err) => {
                 let failure = with_daily_reset(err.failure, cand.provider, now);
                 tracing::info!(model = %cand.id(), outcome = %failure.label(), ms, "attempt failed");
-                let (rec, exclusion) = failure_record(&cand, &failure);
+                let (rec, exclusion) = failure_record(&cand, &failure, &err.detail);
                 commit(ctx, guard, rec, now).await;
                 let outcome = attempt_outcome(&failure, &err.detail);
                 (ctx.progress)(format!("{} failed ({outcome}); failing over", cand.id()));
@@ -429,6 +429,7 @@ fn success_record(
         calibration: (!estimated).then_some((prompt_chars, prompt_tokens)),
         bench,
         learned: None,
+        gone: None,
     };
     (rec, prompt_tokens, completion_tokens, estimated)
 }
@@ -440,7 +441,11 @@ fn cap(provider: &Provider) -> Duration {
 
 /// What a failed attempt puts in the ledger (its bench, by the failure's
 /// class) and what it rules out for the rest of the call.
-fn failure_record(cand: &Candidate<'_>, failure: &Failure) -> (AttemptRecord, Excluded) {
+fn failure_record(
+    cand: &Candidate<'_>,
+    failure: &Failure,
+    detail: &str,
+) -> (AttemptRecord, Excluded) {
     let (p, m, k) = (&cand.provider.id, &cand.model.id, &cand.key_fp);
     // A request the provider may have processed counts its prompt (and, in
     // the minute window, what the lease reserved: counted on arrival).
@@ -466,6 +471,15 @@ fn failure_record(cand: &Candidate<'_>, failure: &Failure) -> (AttemptRecord, Ex
         calibration: None,
         bench: failure.bench(p, m, k, cap(cand.provider)),
         learned,
+        gone: match failure {
+            Failure::Gone { definite } => Some(GoneReport {
+                scope: failure.scope(p, m, k),
+                definite: *definite,
+                words: gate::redact(detail).0,
+                entry: quota::gone::entry_mark(cand.provider, cand.model),
+            }),
+            _ => None,
+        },
     };
     let exclusion = Excluded {
         scope: failure.scope(p, m, k),

@@ -198,7 +198,13 @@ async fn each_failure_class_fails_over_and_counts_what_reached() {
         (Failure::Unauthorized, "401 key rejected", true),
         (Failure::PaymentRequired, "402 out of credit", true),
         (Failure::Forbidden, "403 not allowed for this key", true),
-        (Failure::ModelGone, "model not served (404)", true),
+        (
+            Failure::Gone { definite: true },
+            "model gone upstream",
+            true,
+        ),
+        (Failure::Gone { definite: false }, "model not found", true),
+        (Failure::NotFound, "404 not found", true),
         (
             Failure::ContextTooLong,
             "prompt too long for the model",

@@ -29,8 +29,16 @@ pub(crate) enum Failure {
     PaymentRequired,
     /// 403: this key may not use this model (tier, region).
     Forbidden,
-    /// 404 / 410 / "no endpoints": the model is not served.
-    ModelGone,
+    /// The provider says it no longer serves this model to this key (410,
+    /// "decommissioned", "not in your subscription tier", 402 "no credits",
+    /// a 404 naming the model): see `quota::gone`. Only a `definite` one
+    /// marks it gone at once; another needs a second word.
+    Gone {
+        /// Definite on its own (everything but a 404-like "not found").
+        definite: bool,
+    },
+    /// A 404 that names no model (a wrong path, a proxy's page).
+    NotFound,
     /// 413 or a context-length message: the prompt is too big for this model.
     ContextTooLong,
     /// Another 4xx: the request is not acceptable to this model.
@@ -117,8 +125,8 @@ impl Failure {
             Failure::RateLimited { .. } | Failure::Unauthorized | Failure::PaymentRequired => {
                 Scope::key(provider, key)
             }
-            Failure::Forbidden => Scope::model_key(provider, model, key),
-            Failure::ModelGone
+            Failure::Forbidden | Failure::Gone { .. } => Scope::model_key(provider, model, key),
+            Failure::NotFound
             | Failure::ContextTooLong
             | Failure::Rejected(_)
             | Failure::BadBody
@@ -170,7 +178,7 @@ impl Failure {
             }),
             Failure::Unauthorized => guessed(Backoff::Fixed(10 * MIN)),
             Failure::PaymentRequired | Failure::Forbidden => guessed(Backoff::Fixed(DAY)),
-            Failure::ModelGone => guessed(Backoff::Doubling {
+            Failure::NotFound => guessed(Backoff::Doubling {
                 base: 60 * MIN,
                 max_doublings: 4,
                 cap: DAY,
@@ -199,7 +207,8 @@ impl Failure {
                 strikes: 2,
                 len: 5 * MIN,
             }),
-            Failure::ContextTooLong | Failure::Rejected(_) => None,
+            // Not a wait: a mark until the catalog changes (`quota::gone`).
+            Failure::Gone { .. } | Failure::ContextTooLong | Failure::Rejected(_) => None,
         }
     }
 
@@ -228,7 +237,9 @@ impl Failure {
             Failure::Unauthorized => "401 key rejected".into(),
             Failure::PaymentRequired => "402 out of credit".into(),
             Failure::Forbidden => "403 not allowed for this key".into(),
-            Failure::ModelGone => "model not served (404)".into(),
+            Failure::Gone { definite: true } => "model gone upstream".into(),
+            Failure::Gone { definite: false } => "model not found".into(),
+            Failure::NotFound => "404 not found".into(),
             Failure::ContextTooLong => "prompt too long for the model".into(),
             Failure::Rejected(s) => format!("{s} request rejected"),
             Failure::Server(s) => format!("{s} server error"),
@@ -293,7 +304,19 @@ mod tests {
             ),
             (Failure::Forbidden, "p/m key k", [Some(86_400); 3], false),
             (
-                Failure::ModelGone,
+                Failure::Gone { definite: true },
+                "p/m key k",
+                [None; 3],
+                false,
+            ),
+            (
+                Failure::Gone { definite: false },
+                "p/m key k",
+                [None; 3],
+                false,
+            ),
+            (
+                Failure::NotFound,
                 "p/m",
                 [Some(3600), Some(28_800), Some(57_600)],
                 false,

@@ -14,12 +14,14 @@
 //! Time is always an argument (`now`, Unix milliseconds): callers own the clock.
 
 mod failure;
+pub(crate) mod gone;
 mod scope;
 mod verdict;
 
 use std::collections::HashMap;
 
 pub(crate) use failure::{Backoff, Bench, Failure, stated_wait_cap};
+pub(crate) use gone::{GoneMark, GoneReport};
 pub(crate) use scope::Scope;
 pub(crate) use verdict::{Tally, prior_estimate};
 
@@ -176,6 +178,9 @@ pub(crate) struct UsageSnapshot {
     pub(crate) usage: HashMap<UseKey, Counts>,
     /// Benches in force.
     pub(crate) cooldowns: Vec<Cooldown>,
+    /// Models gone upstream for a key, confirmed and heard on the current
+    /// catalog entry (the store leaves out the rest).
+    pub(crate) gone: Vec<GoneMark>,
     /// Limits learned from providers: (provider, model, limit key) -> max.
     pub(crate) learned: HashMap<UseKey, u64>,
     /// Tokens per character seen per provider.
@@ -207,6 +212,13 @@ pub(crate) enum Blocked {
         /// Earliest time it has room again, when known.
         frees_at: Option<Millis>,
     },
+    /// The provider said it no longer serves this model to this key.
+    Gone {
+        /// Since when.
+        since: Millis,
+        /// The provider's words, scrubbed.
+        words: String,
+    },
     /// The provider's concurrency cap is taken by requests in flight.
     Busy {
         /// In flight now.
@@ -220,7 +232,7 @@ impl Blocked {
         match self {
             Blocked::Benched { until, .. } => Some(*until),
             Blocked::Full { frees_at, .. } => *frees_at,
-            Blocked::Busy { .. } => None,
+            Blocked::Busy { .. } | Blocked::Gone { .. } => None,
         }
     }
 }
@@ -294,6 +306,13 @@ impl UsageSnapshot {
             .max_by_key(|c| c.until)
     }
 
+    /// The gone mark covering a candidate, if any.
+    pub(crate) fn gone_of(&self, provider: &str, model: &str, key_fp: &str) -> Option<&GoneMark> {
+        self.gone
+            .iter()
+            .find(|g| g.confirmed && g.scope.covers(provider, model, key_fp))
+    }
+
     /// The effective value of a limit: the catalog's, or lower if learned.
     pub(crate) fn effective(&self, provider: &str, model: &str, limit: &Limit) -> u64 {
         self.learned
@@ -329,6 +348,12 @@ impl UsageSnapshot {
             return Err(Blocked::Benched {
                 reason: c.reason.clone(),
                 until: c.until,
+            });
+        }
+        if let Some(g) = self.gone_of(&provider.id, &model.id, key_fp) {
+            return Err(Blocked::Gone {
+                since: g.since,
+                words: g.words.clone(),
             });
         }
         if let Some(cap) = provider.max_concurrency {
@@ -431,7 +456,14 @@ pub(crate) fn token_weight(text: &str) -> usize {
     ascii + 3 * (text.chars().count() - ascii)
 }
 
-/// Unix seconds as ISO 8601 UTC.
+/// The UTC date of an instant, `2026-12-02`.
+pub(crate) fn day(t: Millis) -> String {
+    let mut s = iso(t.div_euclid(1000));
+    s.truncate(10);
+    s
+}
+
+/// Unix seconds as ISO 8601 UTC, `2026-12-02T11:00:00Z`.
 pub(crate) fn iso(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0).map_or_else(
         || secs.to_string(),

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use super::{AttemptRecord, Lease, Slot, Store, StoreFuture};
 use crate::config::Catalog;
 use crate::quota::{
-    Blocked, Cooldown, Millis, Need, UsageSnapshot, WINDOWS, reset_of, window_len, window_start,
+    Blocked, Cooldown, GoneMark, Millis, Need, UsageSnapshot, WINDOWS, gone, reset_of, window_len,
+    window_start,
 };
 
 #[derive(Debug, Clone)]
@@ -24,6 +25,7 @@ struct State {
     leases: Vec<(i64, Event)>,
     next: i64,
     cooldowns: Vec<Cooldown>,
+    gone: Vec<GoneMark>,
     strikes: Vec<(crate::quota::Scope, u32)>,
     lose_races: u32,
     leases_taken: u32,
@@ -82,6 +84,17 @@ fn snapshot_of(
         ..Default::default()
     };
     for p in providers.iter().filter_map(|&i| catalog.providers.get(i)) {
+        for m in &p.models {
+            let entry = gone::entry_mark(p, m);
+            snap.gone.extend(
+                state
+                    .gone
+                    .iter()
+                    .filter(|g| g.confirmed && g.entry == entry)
+                    .filter(|g| g.scope.provider == p.id && g.scope.model.as_ref() == Some(&m.id))
+                    .cloned(),
+            );
+        }
         let events = state.events.iter().map(|e| (e, false));
         let leases = state.leases.iter().map(|(_, e)| (e, true));
         for (e, leased) in events.chain(leases).filter(|(e, _)| e.provider == p.id) {
@@ -166,6 +179,15 @@ impl Store for MemoryStore {
                 need: rec.need,
             });
         }
+        if rec.ok {
+            s.gone
+                .retain(|g| !g.scope.covers(&lease.provider, &lease.model, &lease.key_fp));
+        }
+        if let Some(report) = &rec.gone {
+            let pos = s.gone.iter().position(|g| g.scope == report.scope);
+            let held = pos.map(|i| s.gone.remove(i));
+            s.gone.push(GoneMark::fold(held.as_ref(), report, now));
+        }
         if let Some(b) = rec.bench {
             let strikes = s
                 .strikes
@@ -216,7 +238,10 @@ impl Store for MemoryStore {
         let before = s.cooldowns.len();
         s.cooldowns
             .retain(|c| provider.as_ref().is_some_and(|p| *p != c.scope.provider));
-        let n = before - s.cooldowns.len();
+        let gone = s.gone.len();
+        s.gone
+            .retain(|g| provider.as_ref().is_some_and(|p| *p != g.scope.provider));
+        let n = before - s.cooldowns.len() + gone - s.gone.len();
         Box::pin(async move { Ok(n) })
     }
 

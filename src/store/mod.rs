@@ -22,7 +22,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::config::{Catalog, Model, Provider};
-use crate::quota::{Bench, Blocked, Millis, Need, UsageSnapshot};
+use crate::quota::{Bench, Blocked, GoneReport, Millis, Need, UsageSnapshot};
 
 /// What a store call returns.
 pub(crate) type StoreFuture<'a, T> = BoxFuture<'a, Result<T, Error>>;
@@ -119,6 +119,8 @@ pub(crate) struct AttemptRecord {
     pub(crate) bench: Option<Bench>,
     /// A limit learned from the answer: (limit key, value).
     pub(crate) learned: Option<(&'static str, u64)>,
+    /// The provider said the model is gone for this key.
+    pub(crate) gone: Option<GoneReport>,
 }
 
 /// The ledger, as the failover loop and the status pages use it.
@@ -154,7 +156,7 @@ pub(crate) trait Store: Send + Sync {
         now: Millis,
     ) -> StoreFuture<'_, ()>;
 
-    /// Clears benches: all, or one provider's.
+    /// Clears benches and gone marks: all, or one provider's.
     fn clear_cooldowns(&self, provider: Option<String>) -> StoreFuture<'_, usize>;
 
     /// Where it lives, for people (`status`, `check`): a path, or a URL without credentials.

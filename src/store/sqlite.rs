@@ -35,8 +35,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{AttemptRecord, Error, Lease, Slot, Store, StoreFuture};
 use crate::config::{Catalog, Provider};
 use crate::quota::{
-    Blocked, Cooldown, Millis, Need, Scope, Tally, UsageSnapshot, WINDOWS, reset_of, window_len,
-    window_start,
+    Blocked, Cooldown, GoneMark, GoneReport, Millis, Need, Scope, Tally, UsageSnapshot, WINDOWS,
+    gone, reset_of, window_len, window_start,
 };
 
 /// Bucket length per grain.
@@ -54,7 +54,7 @@ const CHECKPOINT_EVERY: u64 = 64;
 /// Background pruning runs at most this often per process.
 const PRUNE_EVERY: Millis = 60_000;
 /// The schema this build writes (`PRAGMA user_version`).
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS usage (
@@ -111,6 +111,17 @@ CREATE TABLE IF NOT EXISTS verdicts (
     fails REAL NOT NULL,
     at INTEGER NOT NULL,
     PRIMARY KEY (provider, model, task_type)
+);
+CREATE TABLE IF NOT EXISTS gone (
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key_fp TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    confirmed INTEGER NOT NULL,
+    words TEXT NOT NULL,
+    PRIMARY KEY (provider, model, key_fp)
 );
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -540,9 +551,19 @@ impl Store for SqliteStore {
     }
 
     fn clear_cooldowns(&self, provider: Option<String>) -> StoreFuture<'_, usize> {
-        self.run(move |c| match provider {
-            Some(p) => c.execute("DELETE FROM cooldowns WHERE provider = ?1", [p]),
-            None => c.execute("DELETE FROM cooldowns", []),
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut n = 0;
+            for table in ["cooldowns", "gone"] {
+                n += match &provider {
+                    Some(p) => {
+                        tx.execute(&format!("DELETE FROM {table} WHERE provider = ?1"), [p])?
+                    }
+                    None => tx.execute(&format!("DELETE FROM {table}"), [])?,
+                };
+            }
+            tx.commit()?;
+            Ok(n)
         })
     }
 
@@ -903,13 +924,20 @@ fn commit(
         }
         None if rec.ok => {
             // A success ends our own guesses about this candidate early;
-            // benches the provider stated stay.
+            // benches the provider stated stay. It also answers a lone "not found".
             tx.execute(
                 "DELETE FROM cooldowns WHERE provider=?1 AND stated=0 AND (model=?2 OR model='*') AND (key_fp=?3 OR key_fp='*')",
                 params![p, m, k],
             )?;
+            tx.execute(
+                "DELETE FROM gone WHERE provider=?1 AND model=?2 AND key_fp=?3",
+                params![p, m, k],
+            )?;
         }
         None => {}
+    }
+    if let Some(report) = &rec.gone {
+        mark_gone(&tx, report, now)?;
     }
     if let Some((key, value)) = rec.learned {
         // Lower only, while confirmed; a value not confirmed for a week is
@@ -936,6 +964,99 @@ fn commit(
     tx.commit()
 }
 
+/// Folds a gone report into the mark held for its model and key.
+fn mark_gone(tx: &Connection, report: &GoneReport, now: Millis) -> rusqlite::Result<()> {
+    let (p, m, k) = (
+        &report.scope.provider,
+        report.scope.model.as_deref().unwrap_or(ANY),
+        report.scope.key.as_deref().unwrap_or(ANY),
+    );
+    let held = tx
+        .query_row(
+            "SELECT entry, since, last, confirmed, words FROM gone WHERE provider=?1 AND model=?2 AND key_fp=?3",
+            params![p, m, k],
+            |r| {
+                Ok(GoneMark {
+                    scope: report.scope.clone(),
+                    entry: r.get(0)?,
+                    since: r.get(1)?,
+                    last: r.get(2)?,
+                    confirmed: r.get(3)?,
+                    words: r.get(4)?,
+                })
+            },
+        )
+        .optional()?;
+    let mark = GoneMark::fold(held.as_ref(), report, now);
+    tx.execute(
+        "INSERT INTO gone (provider, model, key_fp, entry, since, last, confirmed, words)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(provider, model, key_fp) DO UPDATE SET
+           entry = excluded.entry, since = excluded.since, last = excluded.last,
+           confirmed = excluded.confirmed, words = excluded.words",
+        params![
+            p,
+            m,
+            k,
+            mark.entry,
+            mark.since,
+            mark.last,
+            mark.confirmed,
+            mark.words
+        ],
+    )?;
+    Ok(())
+}
+
+/// Reads the confirmed gone marks of `providers` that were heard on the
+/// catalog entry in use now (a changed entry lifts its marks).
+fn read_gone(
+    conn: &Connection,
+    providers: &[&Provider],
+    snap: &mut UsageSnapshot,
+) -> rusqlite::Result<()> {
+    let mut stmt = match conn.prepare_cached(
+        "SELECT provider, model, key_fp, entry, since, last, words FROM gone WHERE confirmed = 1",
+    ) {
+        Ok(s) => s,
+        // A file of an older schema opened read-only has no marks yet.
+        Err(e) if e.to_string().contains("no such table") => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let rows = stmt.query_map([], |r| {
+        let any = |v: String| (v != ANY).then_some(v);
+        Ok(GoneMark {
+            scope: Scope {
+                provider: r.get(0)?,
+                model: any(r.get(1)?),
+                key: any(r.get(2)?),
+            },
+            entry: r.get(3)?,
+            since: r.get(4)?,
+            last: r.get(5)?,
+            confirmed: true,
+            words: r.get(6)?,
+        })
+    })?;
+    for mark in rows {
+        let mark = mark?;
+        let Some(p) = providers.iter().find(|p| p.id == mark.scope.provider) else {
+            continue;
+        };
+        let Some(m) = p
+            .models
+            .iter()
+            .find(|m| Some(&m.id) == mark.scope.model.as_ref())
+        else {
+            continue;
+        };
+        if mark.entry == gone::entry_mark(p, m) {
+            snap.gone.push(mark);
+        }
+    }
+    Ok(())
+}
+
 /// Deletes buckets past their grain's keep, benches an hour past their end,
 /// and learned limits long unconfirmed.
 fn prune(conn: &mut Connection, now: Millis) -> rusqlite::Result<()> {
@@ -947,6 +1068,11 @@ fn prune(conn: &mut Connection, now: Millis) -> rusqlite::Result<()> {
         )?;
     }
     tx.execute("DELETE FROM cooldowns WHERE until < ?1", [now - 3_600_000])?;
+    // A lone "not found" that nobody confirmed in time is forgotten.
+    tx.execute(
+        "DELETE FROM gone WHERE confirmed = 0 AND last < ?1",
+        [now - gone::CONFIRM_WINDOW],
+    )?;
     tx.execute(
         "DELETE FROM learned WHERE confirmed_at < ?1",
         [now - 4 * LEARNED_TTL],
@@ -1046,6 +1172,7 @@ fn read_snapshot(
         }
     }
     read_benches(conn, &mut snap)?;
+    read_gone(conn, providers, &mut snap)?;
     Ok(snap)
 }
 
@@ -1170,6 +1297,7 @@ mod tests {
             calibration: None,
             bench: None,
             learned: None,
+            gone: None,
         }
     }
 

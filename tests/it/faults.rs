@@ -255,7 +255,7 @@ fn each_error_class_leads_to_its_skip_and_bench() {
             )),
         ),
         (
-            Behavior::Status(402, "no credit".into()),
+            Behavior::Status(402, "Payment required".into()),
             Some((
                 format!("bad key {fp}"),
                 "402 out of credit",
@@ -273,10 +273,11 @@ fn each_error_class_leads_to_its_skip_and_bench() {
             )),
         ),
         (
-            Behavior::Status(404, "no such model".into()),
+            // A 404 that names no model (gone models: tests/it/catalog.rs).
+            Behavior::Status(404, "<html><title>404 Not Found</title></html>".into()),
             Some((
                 "bad/m1".into(),
-                "model not served (404)",
+                "404 not found",
                 "guessed back-off",
                 3600,
             )),

@@ -4,6 +4,7 @@
 //! - `mcp`: the server over stdio: handshake, schemas, delegate, failover, errors, purity.
 //! - `checks`: answers checked before Claude sees them.
 //! - `answers`: answers kept in their place: untrusted blocks, redaction, flags, fanout ids.
+//! - `catalog`: models gone upstream, confirmed and left out; the probe against `/models`.
 //! - `cli`: the commands beside the server.
 //! - `ledger`: several processes sharing one state dir; crashes mid-request.
 //! - `files`: files in (paths, globs, ranges) and out (write_to), and every refusal.
@@ -24,6 +25,7 @@
 
 mod answers;
 mod architecture;
+mod catalog;
 mod checks;
 mod cli;
 mod faults;

@@ -746,6 +746,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stated_limit_shows_beside_the_catalog_figure_and_gone_models_with_their_words() {
+        let cat =
+            crate::config::load_from(None, &|n| (n == "GROQ_API_KEY").then(|| "k".to_owned()));
+        let mut snap = UsageSnapshot {
+            now: 1_764_662_400_000,
+            ..Default::default()
+        };
+        let model = "openai/gpt-oss-120b";
+        snap.learned
+            .insert(("groq".into(), model.into(), "tpm".into()), 6000);
+        snap.gone.push(crate::quota::GoneMark {
+            scope: crate::quota::Scope::model_key("groq", "qwen/qwen3.8-27b", "abc"),
+            entry: String::new(),
+            since: 1_764_600_000_000,
+            last: 1_764_600_000_000,
+            confirmed: true,
+            words: "The model does not exist".into(),
+        });
+        let r = report(&cat, &snap, "ledger");
+        assert_eq!(r.learned.len(), 1);
+        assert_eq!(
+            (r.learned[0].catalog, r.learned[0].learned),
+            (Some(8000), 6000)
+        );
+        let text = report_text(&r);
+        assert!(
+            text.contains("groq/openai/gpt-oss-120b")
+                && text.contains("provider says 6000, catalog 8000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("since 2025-12-01T14:40:00Z: \"The model does not exist\""),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn models_text_is_compact_and_marks_keyless() {
         let cat =
             crate::config::load_from(None, &|n| (n == "GROQ_API_KEY").then(|| "k".to_owned()));

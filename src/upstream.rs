@@ -303,6 +303,97 @@ pub(crate) fn interpret(
     Ok(done)
 }
 
+/// One model as a provider's listing gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listed {
+    /// The id to send as `model`.
+    pub(crate) id: String,
+    /// Free to use: `Some(true)` for a zero price or a `:free` id,
+    /// `Some(false)` for a price above zero, `None` when the listing is silent.
+    pub(crate) free: Option<bool>,
+    /// Its context window, when listed.
+    pub(crate) context: Option<u32>,
+}
+
+/// Reads a provider's model listing (`GET models_url`): its ids, whether
+/// each is free, and its context when the listing says. An error is a
+/// short, scrubbed sentence.
+pub(crate) async fn list_models(
+    url: &str,
+    key: Option<&ApiKey>,
+    headers: &[(String, String)],
+    connect_timeout: Duration,
+    budget: Duration,
+) -> Result<Vec<Listed>, String> {
+    let mut builder = client(connect_timeout).get(url);
+    if let Some(key) = key {
+        builder = builder.bearer_auth(key.expose());
+    }
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    let response = match tokio::time::timeout(budget, builder.send()).await {
+        Err(_) => return Err("no answer in time".into()),
+        Ok(Err(e)) if e.is_connect() => return Err("could not connect".into()),
+        Ok(Err(_)) => return Err("the connection broke".into()),
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status().as_u16();
+    let bytes = read_body(response, budget).await.map_err(|f| f.label())?;
+    let text = String::from_utf8_lossy(&bytes);
+    if !(200..300).contains(&status) {
+        return Err(format!("{status}: {}", excerpt(&text, key)));
+    }
+    parse_listing(&text).ok_or_else(|| format!("not a model list: {}", excerpt(&text, key)))
+}
+
+/// A model listing: OpenAI's `{"data": [{"id": ...}]}`, a bare array, or
+/// `{"models": [...]}` (ids under `id`, `name` or `model`). OpenRouter's
+/// `pricing` and `context_length` are read when present.
+pub(crate) fn parse_listing(text: &str) -> Option<Vec<Listed>> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let items = v
+        .get("data")
+        .or_else(|| v.get("models"))
+        .unwrap_or(&v)
+        .as_array()?;
+    let price = |p: &serde_json::Value, field: &str| -> Option<f64> {
+        let f = p.get(field)?;
+        f.as_f64().or_else(|| f.as_str()?.trim().parse().ok())
+    };
+    let mut out = Vec::with_capacity(items.len().min(10_000));
+    for item in items.iter().take(10_000) {
+        let id = ["id", "name", "model"]
+            .iter()
+            .find_map(|k| item.get(*k).and_then(|v| v.as_str()))
+            .or_else(|| item.as_str());
+        let Some(id) = id
+            .map(str::trim)
+            .filter(|i| !i.is_empty() && i.len() <= 200)
+        else {
+            continue;
+        };
+        let free = if id.ends_with(":free") {
+            Some(true)
+        } else {
+            item.get("pricing").and_then(|p| {
+                let (a, b) = (price(p, "prompt")?, price(p, "completion")?);
+                Some(a <= 0.0 && b <= 0.0)
+            })
+        };
+        let context = ["context_length", "context_window", "max_context_length"]
+            .iter()
+            .find_map(|k| item.get(*k).and_then(serde_json::Value::as_u64))
+            .map(|c| u32::try_from(c).unwrap_or(u32::MAX));
+        out.push(Listed {
+            id: id.to_owned(),
+            free,
+            context,
+        });
+    }
+    Some(out)
+}
+
 async fn read_body(mut response: reqwest::Response, budget: Duration) -> Result<Vec<u8>, Failure> {
     let deadline = tokio::time::Instant::now() + budget;
     let mut body = Vec::new();
@@ -765,6 +856,32 @@ mod tests {
             Some(Duration::from_secs_f64(7.66))
         );
         assert_eq!(retry_after(&HeaderMap::new(), "slow down"), None);
+    }
+
+    #[test]
+    fn listings_of_each_shape_are_read() {
+        let openai =
+            r#"{"object":"list","data":[{"id":"gpt-oss-120b","object":"model"},{"id":"x"}]}"#;
+        let got = parse_listing(openai).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].id.as_str(), got[0].free), ("gpt-oss-120b", None));
+        let openrouter = r#"{"data":[{"id":"a/b:free","context_length":131072,"pricing":{"prompt":"0","completion":"0"}},
+            {"id":"c/d","pricing":{"prompt":"0.0000003","completion":"0.000001"}},
+            {"id":"e/f","pricing":{"prompt":"0","completion":"0"},"context_length":1e40}]}"#;
+        let got = parse_listing(openrouter).unwrap();
+        assert_eq!(got[0].free, Some(true));
+        assert_eq!(got[0].context, Some(131_072));
+        assert_eq!(got[1].free, Some(false));
+        assert_eq!((got[2].free, got[2].context), (Some(true), None));
+        let bare = r#"[{"name":"m1"},"m2",{"nothing":1}]"#;
+        let ids: Vec<String> = parse_listing(bare)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(ids, ["m1", "m2"]);
+        assert!(parse_listing("<html>").is_none());
+        assert!(parse_listing(r#"{"error":"nope"}"#).is_none());
     }
 
     #[test]

@@ -1,12 +1,18 @@
-//! `freepool-mcp check [--probe]`: the configuration, keys and state dir, and optionally one tiny request per provider.
+//! `freepool-mcp check [--probe [--write-overrides FILE]]`: the configuration,
+//! keys and state dir; optionally one tiny request per provider and its
+//! model list against the catalog, written as an override file if asked.
 
 use super::{Cli, load, out};
 use crate::config::{self, env};
-use crate::dispatch::{DelegateRequest, Engine, texts};
+use crate::dispatch::{DelegateRequest, Engine, discovery, texts};
 use crate::{budget, router};
 use std::fmt::Write as _;
 
-pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
+pub(super) async fn run(
+    cli: &Cli,
+    probe: bool,
+    write_overrides: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
     let (catalog, state) = load(cli);
     let mut code = 0;
     let mut text = String::new();
@@ -122,6 +128,70 @@ pub(super) async fn run(cli: &Cli, probe: bool) -> anyhow::Result<i32> {
                 }
             };
             out(&line)?;
+        }
+        code = code.max(compare_lists(&engine, &catalog, write_overrides).await?);
+    }
+    Ok(code)
+}
+
+/// Writes a new file whole or not at all, and never over an existing one
+/// (it may hold the user's edits): a temporary file beside it, then a hard
+/// link, which fails if the name is taken.
+fn write_new(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(".freepool-overrides-{}.tmp", std::process::id()));
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    written
+}
+
+/// Reads each usable provider's model list, says where it and the catalog
+/// disagree, and writes the override file when asked.
+async fn compare_lists(
+    engine: &Engine,
+    catalog: &config::Catalog,
+    write_overrides: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
+    out("\nmodel lists against the catalog:\n")?;
+    let mut drifts = Vec::new();
+    let mut code = 0;
+    for p in catalog.providers.iter().filter(|p| router::is_usable(p)) {
+        match engine.discover(p).await {
+            Ok(listed) => {
+                let d = discovery::compare(catalog, p, &listed);
+                out(&discovery::report(&d))?;
+                drifts.push(d);
+            }
+            Err(why) => out(&format!("  {}: no model list ({why})\n", p.id))?,
+        }
+    }
+    let Some(path) = write_overrides else {
+        return Ok(code);
+    };
+    let text = discovery::overrides(&drifts, &crate::quota::day(engine.now()));
+    let changes = drifts.iter().filter(|d| !d.is_clean()).count();
+    match write_new(path, &text) {
+        Ok(()) => out(&format!(
+            "\nwrote {} ({changes} providers differ); review it, then merge it into your providers.toml\n",
+            path.display()
+        ))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "error: {} already exists; it is left as it was (name a new file)",
+                path.display()
+            );
+            code = 1;
+        }
+        Err(e) => {
+            eprintln!(
+                "error: could not write {}: {}",
+                path.display(),
+                crate::words::io(e.kind())
+            );
+            code = 1;
         }
     }
     Ok(code)

@@ -73,9 +73,14 @@ pub enum Command {
     },
     /// Validate the configuration and keys. Sends nothing unless --probe.
     Check {
-        /// Also send one tiny request to each usable provider (uses free quota).
+        /// Also send one tiny request to each usable provider (uses free
+        /// quota) and compare its model list with the catalog.
         #[arg(long)]
         probe: bool,
+        /// With --probe: write what the model lists say as an override file
+        /// to review and merge into your providers.toml (never overwrites).
+        #[arg(long, value_name = "FILE", requires = "probe")]
+        write_overrides: Option<std::path::PathBuf>,
     },
     /// What is left: use per window, cooldowns, keys by fingerprint, next reset.
     Status {
@@ -253,7 +258,10 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
             };
             delegate(&cli, req).await
         }
-        Some(Command::Check { probe }) => check::run(&cli, *probe).await,
+        Some(Command::Check {
+            probe,
+            write_overrides,
+        }) => check::run(&cli, *probe, write_overrides.as_deref()).await,
         Some(Command::Status {
             json,
             clear_cooldowns,

@@ -130,6 +130,7 @@ struct ProviderFile {
     enabled: Option<bool>,
     timeout_secs: Option<u64>,
     connect_timeout_secs: Option<u64>,
+    models_url: Option<String>,
     first_byte_timeout_secs: Option<u64>,
     max_concurrency: Option<u32>,
     priority: Option<i32>,
@@ -591,6 +592,9 @@ pub struct Provider {
     pub models: Vec<Model>,
     /// Where the numbers came from.
     pub source: String,
+    /// Where the provider lists its models (`check --probe`): `base_url`
+    /// plus `/models` unless the catalog names another address.
+    pub models_url: String,
 }
 
 impl Provider {
@@ -1178,6 +1182,13 @@ fn resolve_provider(
         problems.push(err("base_url", m));
         return None;
     }
+    if let Some(Err(m)) = raw.models_url.as_deref().map(|u| check_url(u, local)) {
+        problems.push(err(
+            "models_url",
+            format!("{m}; `check --probe` will not list models"),
+        ));
+        raw.models_url = None;
+    }
     let auth = match raw.auth.as_deref().unwrap_or("bearer") {
         "bearer" => Auth::Bearer,
         "optional" => Auth::Optional,
@@ -1299,6 +1310,10 @@ fn resolve_provider(
     let first_byte_timeout = raw
         .first_byte_timeout_secs
         .map_or(timeout, Duration::from_secs);
+    let models_url = raw
+        .models_url
+        .clone()
+        .unwrap_or_else(|| format!("{}/models", base_url.trim_end_matches('/')));
     Some(Provider {
         id: id.to_owned(),
         name: raw.name.unwrap_or_else(|| id.to_owned()),
@@ -1322,6 +1337,7 @@ fn resolve_provider(
         pools,
         models,
         source: raw.source.unwrap_or_default(),
+        models_url,
     })
 }
 

@@ -14,6 +14,7 @@
 //! (a failed open is tried again on the next call, never cached).
 
 mod answer;
+pub(crate) mod discovery;
 pub(crate) mod failover;
 mod fanout;
 mod savings;

@@ -150,6 +150,14 @@ fn gone_shows_everywhere_and_lifts_on_a_catalog_change_or_a_clear() {
     assert!(t.contains("alpha/m1 (gone upstream since 20"), "{t}");
     assert!(!t.contains("mock-secret-key-value-0001"), "{t}");
     drop(c);
+    for f in std::fs::read_dir(sb.state()).unwrap().flatten() {
+        let bytes = std::fs::read(f.path()).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("mock-secret-key-value-0001"),
+            "{} holds the key",
+            f.path().display()
+        );
+    }
     // Naming it explicitly explains why it is not tried.
     let out = sb
         .cmd()
@@ -184,4 +192,122 @@ fn gone_shows_everywhere_and_lifts_on_a_catalog_change_or_a_clear() {
     ));
     delegate(&sb);
     assert_eq!(a.count(), 3, "the changed entry is tried");
+}
+
+/// `check --probe` reads each provider's `/models`, reports both kinds of
+/// difference, and writes an override file that `check` then accepts, and
+/// that takes effect: the unlisted model is off, the new one is usable.
+/// Groq is the built-in entry, pointed at a mock.
+#[test]
+fn the_probe_compares_model_lists_and_writes_overrides_check_accepts() {
+    let a = MockUpstream::start_blocking("groq");
+    a.listing(json!({"object": "list", "data": [
+        {"id": "openai/gpt-oss-20b", "object": "model"},
+        {"id": "openai/gpt-oss-safeguard-20b", "object": "model"},
+        {"id": "qwen/qwen3.8-27b", "object": "model"},
+        {"id": "llama-3.3-70b-versatile", "object": "model"},
+        {"id": "fresh/one", "object": "model", "context_length": 65536},
+    ]}));
+    let b = MockUpstream::start_blocking("beta");
+    b.listing(json!({"data": [
+        {"id": "m1", "pricing": {"prompt": "0", "completion": "0"}},
+        {"id": "paid/big", "pricing": {"prompt": "0.000002", "completion": "0.000008"}},
+        {"id": "gift/small:free", "pricing": {"prompt": "0", "completion": "0"}},
+    ]}));
+    let sb = Sandbox::new();
+    let base = format!(
+        "[providers.groq]\nbase_url = \"{}\"\nlocal = true\nkey_env = [\"MOCK_KEY\"]\n{}",
+        a.base_url(),
+        provider("beta", &b, "", "")
+    );
+    sb.config(&base);
+    let file = sb.dir.path().join("overrides.toml");
+    let out = sb
+        .cmd()
+        .args(["check", "--probe", "--write-overrides"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let o = text(&out.stdout);
+    assert_eq!((a.listed(), b.listed()), (1, 1), "{o}");
+    assert!(o.contains("model lists against the catalog"), "{o}");
+    assert!(o.contains("groq: 5 listed"), "{o}");
+    assert!(
+        o.contains("in the catalog, not listed: openai/gpt-oss-120b\n"),
+        "{o}"
+    );
+    assert!(
+        o.contains("listed free, not in the catalog: fresh/one\n"),
+        "{o}"
+    );
+    assert!(
+        o.contains("listed, but off in the catalog as gone: llama-3.3-70b-versatile"),
+        "{o}"
+    );
+    assert!(o.contains("beta: 3 listed"), "{o}");
+    assert!(
+        o.contains("listed free, not in the catalog: gift/small:free"),
+        "{o}"
+    );
+    assert!(
+        !o.contains("paid/big"),
+        "priced models are not proposed: {o}"
+    );
+    assert!(o.contains("wrote "), "{o}");
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.contains("[providers.groq.models.\"openai/gpt-oss-120b\"]\nenabled = false"),
+        "{written}"
+    );
+    assert!(
+        written.contains("[providers.groq.models.\"fresh/one\"]"),
+        "{written}"
+    );
+    assert!(written.contains("context = 65536"), "{written}");
+
+    // Adopted: check accepts it whole, and it takes effect.
+    sb.config(&format!("{base}\n{written}"));
+    let out = sb.cmd().arg("check").output().unwrap();
+    let o = text(&out.stdout);
+    assert!(!o.contains("error"), "{o}");
+    assert_eq!(out.status.code(), Some(0), "{o}");
+    let out = sb.cmd().arg("models").output().unwrap();
+    let o = text(&out.stdout);
+    assert!(
+        o.contains("fresh/one") && o.contains("gift/small:free"),
+        "{o}"
+    );
+    let groq: Vec<&str> = o
+        .lines()
+        .skip_while(|l| !l.starts_with("groq —"))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .collect();
+    assert_eq!(groq.len(), 4, "{groq:?}");
+    assert!(
+        !groq.iter().any(|l| l.contains("openai/gpt-oss-120b")),
+        "turned off: {groq:?}"
+    );
+    let out = sb
+        .cmd()
+        .args(["delegate", "hi", "--model", "groq/fresh/one"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(a.received().last().unwrap().model, "fresh/one");
+
+    // The file is never overwritten.
+    let out = sb
+        .cmd()
+        .args(["check", "--probe", "--write-overrides"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
 }

@@ -275,12 +275,7 @@ fn each_error_class_leads_to_its_skip_and_bench() {
         (
             // A 404 that names no model (gone models: tests/it/catalog.rs).
             Behavior::Status(404, "<html><title>404 Not Found</title></html>".into()),
-            Some((
-                "bad/m1".into(),
-                "404 not found",
-                "guessed back-off",
-                3600,
-            )),
+            Some(("bad/m1".into(), "404 not found", "guessed back-off", 3600)),
         ),
         (
             Behavior::Status(500, "boom".into()),

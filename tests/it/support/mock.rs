@@ -74,6 +74,8 @@ struct MockState {
     limit: Option<(u64, Duration)>,
     window: VecDeque<Instant>,
     overshoots: u64,
+    listing: Option<Value>,
+    listed: usize,
 }
 
 /// A running mock provider.
@@ -94,9 +96,12 @@ impl MockUpstream {
             limit: None,
             window: VecDeque::new(),
             overshoots: 0,
+            listing: None,
+            listed: 0,
         }));
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
+            .route("/v1/models", axum::routing::get(list_models))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -154,6 +159,17 @@ impl MockUpstream {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// Answers `GET /v1/models` with this body (else 404).
+    pub fn listing(&self, body: Value) -> &Self {
+        self.state.lock().unwrap().listing = Some(body);
+        self
+    }
+
+    /// `GET /v1/models` requests received.
+    pub fn listed(&self) -> usize {
+        self.state.lock().unwrap().listed
+    }
+
     /// Number of requests received.
     pub fn count(&self) -> usize {
         self.state.lock().unwrap().received.len()
@@ -188,6 +204,15 @@ fn completion(text: &str, model: &str, prompt_tokens: u64) -> Value {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
     })
+}
+
+async fn list_models(State(state): State<Arc<Mutex<MockState>>>) -> Response {
+    let mut s = state.lock().unwrap();
+    s.listed += 1;
+    match &s.listing {
+        Some(v) => axum::Json(v.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, "404 page not found").into_response(),
+    }
 }
 
 async fn handle(

@@ -52,6 +52,7 @@ mod mcp;
 mod quota;
 mod readonly;
 mod router;
+mod serve;
 mod status;
 mod store;
 #[doc(hidden)]

@@ -33,6 +33,8 @@ const STALL: Duration = Duration::from_secs(45);
 pub(crate) struct ChatRequest {
     /// Optional system prompt.
     pub(crate) system: Option<String>,
+    /// Earlier turns of a conversation, oldest first: (from the assistant, text).
+    pub(crate) history: Vec<(bool, String)>,
     /// The user prompt.
     pub(crate) prompt: String,
     /// Completion token cap.
@@ -46,6 +48,11 @@ impl ChatRequest {
     pub(crate) fn weight(&self) -> usize {
         crate::quota::token_weight(&self.prompt)
             + self.system.as_deref().map_or(0, crate::quota::token_weight)
+            + self
+                .history
+                .iter()
+                .map(|(_, t)| crate::quota::token_weight(t))
+                .sum::<usize>()
     }
 }
 
@@ -206,11 +213,17 @@ pub(crate) async fn call(
     req: &ChatRequest,
 ) -> Result<Completion, AttemptError> {
     let started = Instant::now();
-    let mut messages = Vec::with_capacity(2);
+    let mut messages = Vec::with_capacity(2 + req.history.len());
     if let Some(system) = &req.system {
         messages.push(WireMessage {
             role: "system",
             content: system,
+        });
+    }
+    for (assistant, text) in &req.history {
+        messages.push(WireMessage {
+            role: if *assistant { "assistant" } else { "user" },
+            content: text,
         });
     }
     messages.push(WireMessage {

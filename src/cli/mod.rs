@@ -44,8 +44,23 @@ pub struct Cli {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the MCP server on stdin/stdout (the default).
-    Serve,
+    /// Run the MCP server on stdin/stdout (the default), or with --port the
+    /// pool over HTTP: OpenAI-compatible at /v1, MCP at /mcp.
+    Serve {
+        /// Serve HTTP on this port (0: any free one) instead of stdio.
+        #[arg(long)]
+        port: Option<u16>,
+        /// The address to listen on; anything but loopback reaches beyond
+        /// this machine (a warning says so).
+        #[arg(long, default_value = "127.0.0.1", requires = "port")]
+        bind: std::net::IpAddr,
+        /// Print the bearer token HTTP clients must send (made on first use) and exit.
+        #[arg(long, conflicts_with = "port")]
+        print_token: bool,
+        /// Accept requests without the token: for a test instance on loopback only.
+        #[arg(long, requires = "port")]
+        insecure_no_auth: bool,
+    },
     /// List the catalog: providers, models, limits and whether a key is set.
     Models,
     /// Run one prompt on the pool and print the answer (provenance on stderr).
@@ -177,6 +192,25 @@ fn config_file(cli: &Cli) -> Option<PathBuf> {
         .or_else(|| env::var(env::CONFIG).map(PathBuf::from))
 }
 
+/// The HTTP bearer token: `$FREEPOOL_HTTP_TOKEN`, else the token file
+/// beside the config (made on first use).
+fn http_token(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(t) = env::var(env::HTTP_TOKEN) {
+        return Ok(t);
+    }
+    let file = config_file(cli)
+        .or_else(config::default_config_path)
+        .ok_or_else(|| anyhow::anyhow!("no config dir on this system: set FREEPOOL_HTTP_TOKEN"))?;
+    let path = crate::serve::token::path_for(&file);
+    crate::serve::token::load_or_create(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "the token file {}: {}",
+            path.display(),
+            crate::words::io(e.kind())
+        )
+    })
+}
+
 fn load(cli: &Cli) -> (config::Catalog, PathBuf) {
     let catalog = config::load(config_file(cli).as_deref());
     for w in &catalog.warnings {
@@ -197,7 +231,13 @@ pub struct Preload(std::thread::JoinHandle<(config::Catalog, Option<crate::budge
 /// that it overlaps with setting up logging, the runtime and the MCP transport:
 /// `initialize` is answered sooner. Other commands load when they need to.
 pub fn preload(cli: &Cli) -> Option<Preload> {
-    if !matches!(cli.command, None | Some(Command::Serve)) {
+    if !matches!(
+        cli.command,
+        None | Some(Command::Serve {
+            print_token: false,
+            ..
+        })
+    ) {
         return None;
     }
     let file = config_file(cli);
@@ -221,13 +261,60 @@ pub fn preload(cli: &Cli) -> Option<Preload> {
 /// a file that cannot be read); the binary prints it and exits 2.
 pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
     match &cli.command {
-        None | Some(Command::Serve) => {
+        None
+        | Some(Command::Serve {
+            port: None,
+            print_token: false,
+            ..
+        }) => {
             // The catalog may still be loading: the engine waits for it at first use.
             let engine = match preloaded {
                 Some(Preload(handle)) => Engine::loading(handle, state_of(&cli)),
                 None => Engine::new(config::load(config_file(&cli).as_deref()), state_of(&cli)),
             };
             mcp::serve(Arc::new(engine)).await?;
+            Ok(0)
+        }
+        Some(Command::Serve {
+            print_token: true, ..
+        }) => {
+            let token = http_token(&cli)?;
+            out(&format!("{token}\n"))?;
+            Ok(0)
+        }
+        Some(Command::Serve {
+            port: Some(port),
+            bind,
+            insecure_no_auth,
+            ..
+        }) => {
+            if *insecure_no_auth && !bind.is_loopback() {
+                eprintln!(
+                    "error: --insecure-no-auth serves only on loopback; {bind} is not (drop --bind, or drop --insecure-no-auth)"
+                );
+                return Ok(2);
+            }
+            let token = if *insecure_no_auth {
+                None
+            } else {
+                Some(http_token(&cli)?)
+            };
+            let engine = match preloaded {
+                Some(Preload(handle)) => Engine::loading(handle, state_of(&cli)),
+                None => Engine::new(config::load(config_file(&cli).as_deref()), state_of(&cli)),
+            };
+            let opts = crate::serve::Options {
+                bind: *bind,
+                port: *port,
+                token,
+            };
+            if let Err(e) = crate::serve::run(Arc::new(engine), opts).await {
+                eprintln!(
+                    "error: cannot serve on {bind}:{port}: {}",
+                    crate::words::io(e.kind())
+                );
+                return Ok(2);
+            }
             Ok(0)
         }
         Some(Command::Models) => {

@@ -37,6 +37,8 @@ pub mod env {
     pub const CONFIG: &str = "FREEPOOL_CONFIG";
     /// Directory for the ledger, the decision log and the budget snapshot.
     pub const STATE_DIR: &str = "FREEPOOL_STATE_DIR";
+    /// The HTTP endpoint's bearer token (else the token file beside the config).
+    pub const HTTP_TOKEN: &str = "FREEPOOL_HTTP_TOKEN";
     /// Pins the budget mode (`normal`, `prefer_sonnet`, `delegate_more`, `exhausted`).
     pub const BUDGET_MODE: &str = "FREEPOOL_BUDGET_MODE";
     /// Log filter for stderr, in `tracing_subscriber::EnvFilter` syntax.

@@ -47,6 +47,9 @@ pub(crate) struct DelegateRequest {
     pub(crate) prompt: String,
     /// Optional system prompt.
     pub(crate) system: Option<String>,
+    /// Earlier turns of a conversation (the HTTP endpoint), oldest first:
+    /// (from the assistant, text). The prompt is the last user turn.
+    pub(crate) history: Vec<(bool, String)>,
     /// `auto`, `provider/model` or a family.
     pub(crate) model: Option<String>,
     /// Completion cap.
@@ -556,6 +559,12 @@ impl Engine {
         let fields = [("prompt".to_owned(), req.prompt.as_str(), 0)]
             .into_iter()
             .chain(req.system.as_deref().map(|s| ("system".to_owned(), s, 0)))
+            .chain(
+                req.history
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, t))| (format!("messages[{i}]"), t.as_str(), 0)),
+            )
             .chain(chunks.iter().map(|c| {
                 let offset = c.lines.map_or(0, |(first, _)| first - 1);
                 (c.path.clone(), c.text.as_str(), offset)
@@ -780,6 +789,7 @@ impl Engine {
             task_type,
             chat: ChatRequest {
                 system: req.system.clone(),
+                history: req.history.clone(),
                 prompt,
                 max_tokens: req.max_tokens,
                 temperature: req.temperature,

@@ -8,6 +8,7 @@
 //! - `cli`: the commands beside the server.
 //! - `ledger`: several processes sharing one state dir; crashes mid-request.
 //! - `files`: files in (paths, globs, ranges) and out (write_to), and every refusal.
+//! - `http`: `serve --port`: OpenAI-compatible and MCP over HTTP, the token, one shared ledger.
 //! - `faults`: upstreams that hang, trickle, or answer garbage; broken state and config.
 //! - `props`: property tests for the gate and config parsing.
 //! - `trouble`: hangs, black holes, config typos, empty variables, short failures, exit codes.
@@ -30,6 +31,7 @@ mod checks;
 mod cli;
 mod faults;
 mod files;
+mod http;
 mod ledger;
 mod mcp;
 mod props;

@@ -83,6 +83,7 @@ impl Args {
             log: self.log.fields(),
             prompt: self.prompt,
             system: self.system,
+            history: Vec::new(),
             model: self.model,
             max_tokens: self.max_tokens,
             temperature: self.temperature,

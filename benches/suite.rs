@@ -181,6 +181,66 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+fn p99(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+/// `serve --port 0` with a token; its address once it says where it listens.
+async fn http_server(env: &[(&str, String)]) -> (Child, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--port", "0"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FREEPOOL_HTTP_TOKEN", "bench-token");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Some(rest) = line.split("serving on http://").nth(1) {
+            let addr = rest.split(' ').next().unwrap().to_owned();
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return (child, addr);
+        }
+    }
+    panic!("serve --port did not start");
+}
+
+/// Latencies (ms) of `calls` requests from each of `clients` concurrent
+/// clients, each request built by `send`.
+async fn concurrent_latencies<F, Fut>(clients: usize, calls: usize, send: F) -> Vec<f64>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(calls);
+            for _ in 0..calls {
+                let t0 = Instant::now();
+                send(c).await;
+                out.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
 fn provider_toml(id: &str, mock: &MockUpstream, model_limits: &str) -> String {
     format!(
         "[providers.{id}]\nbase_url = \"{}\"\nlocal = true\nkey_env = [\"MOCK_KEY\"]\n[providers.{id}.models.m1]\nfamily = \"fam\"\ncontext = 32000\ntier = 2\n{model_limits}\n",
@@ -333,6 +393,138 @@ async fn run() {
             format!("{mt:.2} - {md:.2} = {:.2} ms", mt - md),
             "<= 2 ms",
             Some(mt - md <= 2.0),
+        );
+
+        // 2b. The HTTP endpoint's added latency over a direct call, beside the
+        // stdio delegate's, sequential and at 16 concurrent clients.
+        let (_srv, addr) = http_server(&server_env(dir.path(), &config)).await;
+        let endpoint = format!("http://{addr}/v1/chat/completions");
+        let ask =
+            json!({"messages": [{"role": "user", "content": "Summarize: a short sentence."}]});
+        let (mut via_http, mut via_stdio, mut plain) = (vec![], vec![], vec![]);
+        for round in 0..320 {
+            let t0 = Instant::now();
+            let r = http
+                .post(&endpoint)
+                .bearer_auth("bench-token")
+                .json(&ask)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            r.bytes().await.unwrap();
+            let h = t0.elapsed().as_secs_f64() * 1000.0;
+            let t0 = Instant::now();
+            let r = c
+                .request(
+                    "tools/call",
+                    json!({"name": "delegate", "arguments": {"prompt": "Summarize: a short sentence."}}),
+                )
+                .await;
+            assert!(r["result"]["isError"] != json!(true), "{r}");
+            let st = t0.elapsed().as_secs_f64() * 1000.0;
+            let t0 = Instant::now();
+            let r = http
+                .post(&url)
+                .bearer_auth("k")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            r.bytes().await.unwrap();
+            let d = t0.elapsed().as_secs_f64() * 1000.0;
+            if round >= 20 {
+                via_http.push(h - d);
+                via_stdio.push(st - d);
+                plain.push(d);
+            }
+        }
+        row(
+            "added latency, sequential: HTTP endpoint / stdio delegate, over a direct call (median; p99)",
+            format!(
+                "{:.2} / {:.2} ms; {:.2} / {:.2} ms",
+                median(via_http.clone()),
+                median(via_stdio.clone()),
+                p99(via_http),
+                p99(via_stdio)
+            ),
+            "",
+            None,
+        );
+        // 16 clients at once: on the endpoint (one server), on 16 stdio
+        // servers (16 sessions), and directly on the mock.
+        let direct16 = {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            concurrent_latencies(16, 40, move |_| {
+                let (http, url, body) = (http.clone(), url.clone(), body.clone());
+                async move {
+                    let r = http
+                        .post(&url)
+                        .bearer_auth("k")
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    r.bytes().await.unwrap();
+                }
+            })
+            .await
+        };
+        let http16 = {
+            let (http, endpoint, ask) = (http.clone(), endpoint.clone(), ask.clone());
+            concurrent_latencies(16, 40, move |_| {
+                let (http, endpoint, ask) = (http.clone(), endpoint.clone(), ask.clone());
+                async move {
+                    let r = http
+                        .post(&endpoint)
+                        .bearer_auth("bench-token")
+                        .json(&ask)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success());
+                    r.bytes().await.unwrap();
+                }
+            })
+            .await
+        };
+        let mut sessions = Vec::new();
+        for _ in 0..16 {
+            let mut s = Client::spawn(BIN, &[], &server_env(dir.path(), &config));
+            s.initialize().await;
+            sessions.push(Arc::new(tokio::sync::Mutex::new(s)));
+        }
+        let stdio16 = {
+            let sessions = sessions.clone();
+            concurrent_latencies(16, 40, move |i| {
+                let s = sessions[i].clone();
+                async move {
+                    let r = s
+                        .lock()
+                        .await
+                        .request(
+                            "tools/call",
+                            json!({"name": "delegate", "arguments": {"prompt": "Summarize: a short sentence."}}),
+                        )
+                        .await;
+                    assert!(r["result"]["isError"] != json!(true), "{r}");
+                }
+            })
+            .await
+        };
+        drop(sessions);
+        let (dm, dp) = (median(direct16.clone()), p99(direct16));
+        row(
+            "added latency, 16 concurrent: HTTP endpoint / 16 stdio sessions, over direct (median; p99)",
+            format!(
+                "{:.2} / {:.2} ms; {:.2} / {:.2} ms (direct {dm:.2}; {dp:.2} ms)",
+                median(http16.clone()) - dm,
+                median(stdio16.clone()) - dm,
+                p99(http16) - dp,
+                p99(stdio16) - dp
+            ),
+            "",
+            None,
         );
 
         // 3. Fanout of 100 tasks at 200 ms latency, concurrency 8, through the server.

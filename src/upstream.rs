@@ -41,6 +41,44 @@ pub(crate) struct ChatRequest {
     pub(crate) max_tokens: Option<u32>,
     /// Sampling temperature.
     pub(crate) temperature: Option<f32>,
+    /// Where to pass the answer on as it arrives, when the caller streams.
+    pub(crate) stream: Option<StreamSink>,
+}
+
+/// The receiving end of a streamed answer: whole lines of text, as the
+/// provider sends them, the key scrubbed. `started` tells the failover loop
+/// that part of an answer has gone out, so another model must not follow it.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamSink {
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StreamSink {
+    /// A sink and the receiver its lines arrive on.
+    pub(crate) fn new() -> (StreamSink, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            StreamSink {
+                tx,
+                started: std::sync::Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Whether any text has been passed on.
+    pub(crate) fn started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn send(&self, text: String) {
+        if !text.is_empty() {
+            self.started
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.tx.send(text);
+        }
+    }
 }
 
 impl ChatRequest {
@@ -84,6 +122,8 @@ struct WireRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -235,7 +275,11 @@ pub(crate) async fn call(
         messages,
         max_tokens: req.max_tokens,
         temperature: req.temperature,
-        stream: false,
+        stream: req.stream.is_some(),
+        stream_options: req
+            .stream
+            .as_ref()
+            .map(|_| serde_json::json!({"include_usage": true})),
     };
     let url = format!("{}/chat/completions", target.base_url.trim_end_matches('/'));
     let mut builder = client(target.connect_timeout).post(&url).json(&body);
@@ -271,6 +315,22 @@ pub(crate) async fn call(
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let remaining = target.attempt_timeout.saturating_sub(started.elapsed());
+    if let Some(sink) = &req.stream
+        && (200..300).contains(&status)
+        && header_str(&headers, "content-type").is_some_and(|t| t.contains("text/event-stream"))
+    {
+        return read_stream(response, remaining, sink, target.key)
+            .await
+            .map_err(|(failure, detail)| AttemptError {
+                failure,
+                detail,
+                rate: rate_headers(&headers),
+            })
+            .map(|mut c| {
+                c.rate = rate_headers(&headers);
+                c
+            });
+    }
     let bytes = match read_body(response, remaining).await {
         Ok(b) => b,
         Err(f) => {
@@ -405,6 +465,135 @@ pub(crate) fn parse_listing(text: &str) -> Option<Vec<Listed>> {
         });
     }
     Some(out)
+}
+
+/// Reads a streamed answer (server-sent events in OpenAI's chunk format),
+/// passing each whole line of text on to `sink` as it completes, the key
+/// scrubbed, and returns the whole completion at the end.
+async fn read_stream(
+    mut response: reqwest::Response,
+    budget: Duration,
+    sink: &StreamSink,
+    key: Option<&ApiKey>,
+) -> Result<Completion, (Failure, String)> {
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut raw: Vec<u8> = Vec::new();
+    let mut events = SseText::default();
+    let mut total = 0usize;
+    loop {
+        let wait = STALL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let chunk = match tokio::time::timeout(wait, response.chunk()).await {
+            Err(_) => return Err((Failure::Stalled, String::new())),
+            Ok(Err(_)) => return Err((Failure::Broken, "the stream broke off".into())),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(c))) => c,
+        };
+        total = total.saturating_add(chunk.len());
+        if total > MAX_BODY_BYTES {
+            return Err((Failure::BadBody, "the stream is too long".into()));
+        }
+        raw.extend_from_slice(&chunk);
+        // Whole SSE lines only; a line cut between chunks waits for its end.
+        while let Some(end) = raw.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = raw.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            if let Err(detail) = events.line(line.trim_end_matches(['\r', '\n'])) {
+                return Err((Failure::BadBody, excerpt(&detail, key)));
+            }
+            for out in events.take_lines() {
+                sink.send(scrub(out, key));
+            }
+        }
+        if events.done {
+            break;
+        }
+    }
+    sink.send(scrub(std::mem::take(&mut events.pending), key));
+    let text = scrub(events.text, key);
+    if text.trim().is_empty() || is_degenerate(&text) {
+        return Err((Failure::Empty, String::new()));
+    }
+    Ok(Completion {
+        text,
+        usage: events.usage,
+        served_model: events.model,
+        finish_reason: events.finish,
+        rate: RateHeaders::default(),
+    })
+}
+
+fn scrub(text: String, key: Option<&ApiKey>) -> String {
+    match key.map(ApiKey::expose).filter(|k| !k.is_empty()) {
+        Some(k) if text.contains(k) => text.replace(k, "[key]"),
+        _ => text,
+    }
+}
+
+/// The text of an OpenAI chunk stream, line by line: what has come, the
+/// whole lines not yet passed on, and what the last chunks said.
+#[derive(Default)]
+struct SseText {
+    text: String,
+    pending: String,
+    ready: Vec<String>,
+    usage: Option<Usage>,
+    model: Option<String>,
+    finish: Option<String>,
+    done: bool,
+}
+
+impl SseText {
+    /// One line of the event stream; `Err` with the provider's words for an error event.
+    fn line(&mut self, line: &str) -> Result<(), String> {
+        let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+            return Ok(());
+        };
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+            return Ok(());
+        };
+        if v.get("error").is_some() {
+            return Err(data.to_owned());
+        }
+        if let Some(m) = v.get("model").and_then(|m| m.as_str()) {
+            self.model = Some(m.to_owned());
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            let n = |k: &str| u.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            self.usage = Some(Usage {
+                prompt: n("prompt_tokens"),
+                completion: n("completion_tokens"),
+            });
+        }
+        let choice = v.get("choices").and_then(|c| c.get(0));
+        if let Some(f) = choice
+            .and_then(|c| c.get("finish_reason"))
+            .and_then(|f| f.as_str())
+        {
+            self.finish = Some(f.to_owned());
+        }
+        let delta = choice
+            .and_then(|c| c.get("delta"))
+            .and_then(|d| d.get("content"))
+            .map(content_text)
+            .unwrap_or_default();
+        if !delta.is_empty() {
+            self.text.push_str(&delta);
+            self.pending.push_str(&delta);
+            if let Some(end) = self.pending.rfind('\n') {
+                let rest = self.pending.split_off(end + 1);
+                self.ready.push(std::mem::replace(&mut self.pending, rest));
+            }
+        }
+        Ok(())
+    }
+
+    fn take_lines(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.ready)
+    }
 }
 
 async fn read_body(mut response: reqwest::Response, budget: Duration) -> Result<Vec<u8>, Failure> {
@@ -869,6 +1058,44 @@ mod tests {
             Some(Duration::from_secs_f64(7.66))
         );
         assert_eq!(retry_after(&HeaderMap::new(), "slow down"), None);
+    }
+
+    #[test]
+    fn a_chunk_stream_is_read_into_whole_lines() {
+        let mut e = SseText::default();
+        for line in [
+            ": keep-alive",
+            r#"data: {"model":"m","choices":[{"delta":{"content":"one\ntw"}}]}"#,
+            r#"data: {"choices":[{"delta":{"content":"o"},"finish_reason":null}]}"#,
+            r#"data: {"choices":[{"delta":{"content":"\nthree"},"finish_reason":"length"}]}"#,
+            r#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            "data: [DONE]",
+        ] {
+            e.line(line).unwrap();
+        }
+        assert_eq!(e.take_lines(), ["one\n", "two\n"]);
+        assert_eq!(e.pending, "three");
+        assert_eq!(e.text, "one\ntwo\nthree");
+        assert_eq!(e.finish.as_deref(), Some("length"));
+        assert_eq!(e.model.as_deref(), Some("m"));
+        assert_eq!(
+            e.usage,
+            Some(Usage {
+                prompt: 3,
+                completion: 4
+            })
+        );
+        assert!(e.done);
+        let mut e = SseText::default();
+        assert!(
+            e.line(r#"data: {"error":{"message":"overloaded"}}"#)
+                .is_err()
+        );
+        let key = ApiKey::new("sk-live-0123456789abcdef");
+        assert_eq!(
+            scrub("echo sk-live-0123456789abcdef\n".into(), Some(&key)),
+            "echo [key]\n"
+        );
     }
 
     #[test]

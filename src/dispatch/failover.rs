@@ -303,6 +303,14 @@ pub(crate) async fn run(ctx: &Ctx<'_>, call: &Call) -> Result<Served, Error> {
                     ms,
                 });
                 excluded.push(exclusion);
+                // Part of this answer already went to the caller: another
+                // model's answer cannot follow it.
+                if call.chat.stream.as_ref().is_some_and(|s| s.started()) {
+                    return Err(Error::Exhausted {
+                        attempts,
+                        timed_out: false,
+                    });
+                }
             }
         }
     }

@@ -15,6 +15,7 @@
 
 mod answer;
 pub(crate) mod discovery;
+pub(crate) use crate::upstream::StreamSink;
 pub(crate) mod failover;
 mod fanout;
 mod savings;
@@ -68,6 +69,9 @@ pub(crate) struct DelegateRequest {
     pub(crate) via: &'static str,
     /// What the answer must pass before it is served.
     pub(crate) expect: Option<crate::checks::Expect>,
+    /// Where to pass the answer on as it arrives (the HTTP endpoint's
+    /// `stream: true`); once any of it has gone, no other model follows.
+    pub(crate) stream: Option<crate::upstream::StreamSink>,
 }
 
 /// Where an answer went, when it went to a file.
@@ -793,6 +797,7 @@ impl Engine {
                 prompt,
                 max_tokens: req.max_tokens,
                 temperature: req.temperature,
+                stream: req.stream.clone(),
             },
             selector,
         };

@@ -21,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::dispatch::{self, DelegateRequest, Engine, Served, texts};
-use crate::router;
+use crate::dispatch::{self, DelegateRequest, Engine, Served, StreamSink, texts};
+use crate::{gate, router};
 
 /// An OpenAI-shaped error response.
 pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -99,52 +99,126 @@ pub(super) async fn chat_completions(State(state): State<AppState>, body: Bytes)
 }
 
 /// The answer as server-sent events: keep-alive comments while the pool
-/// works, then one content chunk, the finish chunk, usage if asked, `[DONE]`.
-fn stream(state: AppState, req: DelegateRequest, include_usage: bool) -> Response {
-    let events = futures::stream::once(async move {
-        let served = state.engine.delegate(req, &|_| {}).await;
-        let datas: Vec<String> = match served {
+/// works, the answer's lines as the provider streams them (each redacted by
+/// the gate before it leaves; a private key block is held until it ends),
+/// or the whole answer as one chunk when the provider does not stream; then
+/// the finish chunk, usage if asked, and `[DONE]`.
+fn stream(state: AppState, mut req: DelegateRequest, include_usage: bool) -> Response {
+    let (sink, mut lines) = StreamSink::new();
+    req.stream = Some(sink);
+    // Who serves is known at the end; chunks before say what was asked.
+    let asked_model = req.model.clone().unwrap_or_else(|| "auto".into());
+    let engine = state.engine.clone();
+    let call = Aborting(tokio::spawn(
+        async move { engine.delegate(req, &|_| {}).await },
+    ));
+    let (id, created) = (
+        format!(
+            "chatcmpl-fp-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        ),
+        now_secs(),
+    );
+    let chunk = move |model: &str, delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let events = async_events(move |emit| async move {
+        let mut held = String::new();
+        let mut sent_any = false;
+        let mut first = true;
+        let text_chunk = |text: String, first: &mut bool| {
+            let delta = if std::mem::take(first) {
+                json!({"role": "assistant", "content": text})
+            } else {
+                json!({"content": text})
+            };
+            chunk(&asked_model, delta, Value::Null)
+        };
+        while let Some(line) = lines.recv().await {
+            held.push_str(&line);
+            // A private key block is redacted whole: hold it until it ends.
+            if held.contains("-----BEGIN") && !held.contains("-----END") {
+                continue;
+            }
+            let (clean, _) = gate::redact(&std::mem::take(&mut held));
+            sent_any = true;
+            emit(text_chunk(clean, &mut first).to_string());
+        }
+        let mut call = call;
+        let result = match (&mut call.0).await {
+            Ok(r) => r,
+            Err(_) => Err(dispatch::Error::Invalid(
+                "the call ended unexpectedly".into(),
+            )),
+        };
+        if !held.is_empty() {
+            let (clean, _) = gate::redact(&held);
+            sent_any = true;
+            emit(text_chunk(clean, &mut first).to_string());
+        }
+        match result {
             Ok(s) => {
-                let (id, created) = (completion_id(&s), now_secs());
-                let chunk = |delta: Value, finish: Value| {
-                    json!({
-                        "id": id, "object": "chat.completion.chunk", "created": created,
-                        "model": s.model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                    })
-                    .to_string()
-                };
-                let mut out = vec![
-                    chunk(json!({"role": "assistant", "content": s.text}), Value::Null),
-                    chunk(json!({}), json!(finish_reason(&s))),
-                ];
-                if include_usage {
-                    out.push(
-                        json!({
-                            "id": id, "object": "chat.completion.chunk", "created": created,
-                            "model": s.model, "choices": [], "usage": usage(&s),
-                        })
-                        .to_string(),
-                    );
+                if !sent_any {
+                    // The provider did not stream: the whole (redacted) answer at once.
+                    emit(text_chunk(s.text.clone(), &mut first).to_string());
                 }
-                out
+                let mut last = chunk(&s.model, json!({}), json!(finish_reason(&s)));
+                emit(last.to_string());
+                if include_usage {
+                    last["choices"] = json!([]);
+                    last["usage"] = usage(&s);
+                    emit(last.to_string());
+                }
             }
             Err(e) => {
                 let (status, code) = status_of(&e);
-                vec![json!({"error": {"message": texts::full(&e), "type": if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "server_error" }, "code": code}}).to_string()]
+                let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+                    "rate_limit_error"
+                } else {
+                    "server_error"
+                };
+                emit(
+                    json!({"error": {"message": texts::full(&e), "type": kind, "code": code}})
+                        .to_string(),
+                );
             }
-        };
-        futures::stream::iter(
-            datas
-                .into_iter()
-                .chain(std::iter::once("[DONE]".to_owned()))
-                .map(|d| Ok::<_, Infallible>(Event::default().data(d))),
-        )
+        }
+        emit("[DONE]".to_owned());
     });
-    let events = futures::StreamExt::flatten(events);
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
         .into_response()
+}
+
+/// A spawned call aborted when the response is dropped (the client went
+/// away): dropping the call releases its leases.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A stream of SSE data events produced by `body`, which calls `emit` for each.
+fn async_events<F, Fut>(body: F) -> impl futures::Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(Box<dyn Fn(String) + Send + Sync>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let work = body(Box::new(move |data| {
+        let _ = tx.send(data);
+    }));
+    let driver = Aborting(tokio::spawn(work));
+    futures::stream::unfold((rx, driver), |(mut rx, driver)| async move {
+        let data = rx.recv().await?;
+        Some((Ok(Event::default().data(data)), (rx, driver)))
+    })
 }
 
 /// Reads OpenAI's request shape, leniently where SDKs differ.
@@ -235,14 +309,15 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 fn completion_id(s: &Served) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
     match s.decision_id {
         Some(id) => format!("chatcmpl-fp-{id}"),
         None => format!(
             "chatcmpl-fp-{}-{}",
             std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
         ),
     }
 }

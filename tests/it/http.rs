@@ -473,3 +473,51 @@ fn a_test_instance_without_token_stays_on_loopback_and_shutdown_is_clean() {
     }
     assert_eq!(code, Some(0), "exits cleanly on SIGTERM");
 }
+
+/// A provider that streams is streamed from, line by line, each line
+/// through the gate; a provider that fails first is failed over as usual.
+#[test]
+fn a_streaming_provider_is_relayed_line_by_line_and_redacted() {
+    let (a, b, sb) = two_providers();
+    a.default(Behavior::Status(500, "boom".into()));
+    let secret = format!("ghp_{}", "Zq8Xv2Lm9Ty4Rw7Pk3Hn6Js1Gd5Fb0Ca8Eu2Y");
+    b.streaming().default(Behavior::ok(&format!(
+        "line one\nline two with {secret}\nline three"
+    )));
+    let srv = start(&sb, &[]);
+    let (status, _, body) = chat(
+        &srv,
+        &json!({"stream": true, "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "go"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains(&secret),
+        "the echoed secret is redacted: {body}"
+    );
+    let chunks: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let contents: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(contents.len() >= 3, "streamed in pieces: {contents:?}");
+    let text: String = contents.concat();
+    assert!(text.starts_with("line one\nline two with "), "{text}");
+    assert!(text.ends_with("\nline three"), "{text}");
+    assert!(
+        text.contains("REDACTED") || text.contains("redacted"),
+        "{text}"
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(last["model"], "beta/m1");
+    assert!(
+        last["usage"]["total_tokens"].as_u64().unwrap() > 0,
+        "{last}"
+    );
+    assert_eq!((a.count(), b.count()), (1, 1));
+}

@@ -92,6 +92,7 @@ impl Args {
             overwrite: self.overwrite,
             via: "delegate",
             expect,
+            stream: None,
         })
     }
 }

@@ -76,6 +76,7 @@ struct MockState {
     overshoots: u64,
     listing: Option<Value>,
     listed: usize,
+    streams: bool,
 }
 
 /// A running mock provider.
@@ -98,6 +99,7 @@ impl MockUpstream {
             overshoots: 0,
             listing: None,
             listed: 0,
+            streams: false,
         }));
         let app = Router::new()
             .route("/v1/chat/completions", post(handle))
@@ -165,6 +167,12 @@ impl MockUpstream {
         self
     }
 
+    /// Answers `stream: true` requests as OpenAI chunk streams (else as one JSON body).
+    pub fn streaming(&self) -> &Self {
+        self.state.lock().unwrap().streams = true;
+        self
+    }
+
     /// `GET /v1/models` requests received.
     pub fn listed(&self) -> usize {
         self.state.lock().unwrap().listed
@@ -206,6 +214,44 @@ fn completion(text: &str, model: &str, prompt_tokens: u64) -> Value {
     })
 }
 
+/// An OpenAI chunk stream of `text`, a few characters per event, 5 ms apart.
+fn chunk_stream(text: &str, model: &str, prompt_tokens: u64) -> Response {
+    let chars: Vec<char> = text.chars().collect();
+    let mut events: Vec<String> = chars
+        .chunks(4)
+        .map(|c| {
+            let piece: String = c.iter().collect();
+            json!({"id": "mock-s", "object": "chat.completion.chunk", "model": model,
+                   "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]})
+            .to_string()
+        })
+        .collect();
+    events.push(
+        json!({"id": "mock-s", "object": "chat.completion.chunk", "model": model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        .to_string(),
+    );
+    let completion_tokens = (text.len() as u64).div_ceil(4);
+    events.push(
+        json!({"id": "mock-s", "object": "chat.completion.chunk", "model": model, "choices": [],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens}})
+        .to_string(),
+    );
+    events.push("[DONE]".into());
+    let stream = futures::stream::unfold(events.into_iter(), |mut it| async move {
+        let e = it.next()?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Some((Ok::<_, std::io::Error>(format!("data: {e}\n\n")), it))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    resp
+}
+
 async fn list_models(State(state): State<Arc<Mutex<MockState>>>) -> Response {
     let mut s = state.lock().unwrap();
     s.listed += 1;
@@ -221,6 +267,7 @@ async fn handle(
     body: String,
 ) -> Response {
     let req: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let wants_stream = req["stream"] == true;
     let model = req["model"].as_str().unwrap_or("").to_owned();
     let prompt = req["messages"]
         .as_array()
@@ -275,6 +322,9 @@ async fn handle(
             }
             let start: String = prompt.chars().take(60).collect();
             let text = text.replace("{name}", &name).replace("{prompt}", &start);
+            if wants_stream && state.lock().unwrap().streams {
+                return chunk_stream(&text, &model, prompt_tokens);
+            }
             (StatusCode::OK, axum::Json(completion(&text, &model, prompt_tokens))).into_response()
         }
         Behavior::RateLimited { headers: hs, body } => {

@@ -39,6 +39,8 @@ pub mod env {
     pub const STATE_DIR: &str = "FREEPOOL_STATE_DIR";
     /// The HTTP endpoint's bearer token (else the token file beside the config).
     pub const HTTP_TOKEN: &str = "FREEPOOL_HTTP_TOKEN";
+    /// The shared ledger's URL (overrides `[settings] ledger`).
+    pub const LEDGER_URL: &str = "FREEPOOL_LEDGER_URL";
     /// Pins the budget mode (`normal`, `prefer_sonnet`, `delegate_more`, `exhausted`).
     pub const BUDGET_MODE: &str = "FREEPOOL_BUDGET_MODE";
     /// Log filter for stderr, in `tracing_subscriber::EnvFilter` syntax.
@@ -111,6 +113,8 @@ pub struct SettingsFile {
     deny_files: Option<Vec<String>>,
     max_check_retries: Option<u32>,
     check_timeout_secs: Option<u64>,
+    ledger: Option<String>,
+    ledger_fallback: Option<String>,
 }
 
 /// `[providers.ID]` as written.
@@ -219,6 +223,11 @@ pub struct Settings {
     pub exclude_training: bool,
     /// A pinned budget mode, as written (validated by `budget`).
     pub budget_mode: Option<String>,
+    /// The shared ledger's URL (`postgres://...`); `None`: this machine's SQLite file.
+    pub ledger: Option<String>,
+    /// When the shared ledger cannot be reached at start: use this
+    /// machine's ledger (`"local"`) instead of refusing every call.
+    pub ledger_fallback_local: bool,
     /// Upper bound on provider attempts for one call.
     pub max_attempts: u32,
     /// Time budget for one whole call, all attempts included.
@@ -253,6 +262,8 @@ impl Default for Settings {
             keyless: true,
             exclude_training: false,
             budget_mode: None,
+            ledger: None,
+            ledger_fallback_local: false,
             max_attempts: 5,
             call_timeout: Duration::from_secs(300),
             output_reserve: 2000,
@@ -980,12 +991,28 @@ fn resolve_settings(
             message: format!("settings.{}: {}{fallback}", b.key, b.why),
         });
     }
+    if let Some(v) = s
+        .ledger_fallback
+        .as_deref()
+        .filter(|v| !["local", "none"].contains(v))
+    {
+        let (origin, line) = locate("settings.ledger_fallback");
+        problems.push(ConfigError {
+            origin,
+            line,
+            message: format!(
+                "settings.ledger_fallback: expected \"local\" or \"none\", found \"{v}\"; using none (calls wait for the shared ledger)"
+            ),
+        });
+    }
     let cautious = |key: &str| bad_keys.iter().any(|b| b.key == key);
     let mut out = Settings {
         keyless: s.keyless.unwrap_or(d.keyless) && !cautious("keyless"),
         exclude_training: s.exclude_training.unwrap_or(d.exclude_training)
             || cautious("exclude_training"),
         budget_mode: s.budget_mode.clone(),
+        ledger: s.ledger.clone().filter(|l| !l.trim().is_empty()),
+        ledger_fallback_local: s.ledger_fallback.as_deref() == Some("local"),
         max_attempts: s.max_attempts.unwrap_or(d.max_attempts),
         call_timeout: s
             .call_timeout_secs

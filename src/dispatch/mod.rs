@@ -428,10 +428,36 @@ impl Engine {
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
+        let settings = &self.catalog_arc().settings;
+        let shared = crate::config::env::var(crate::config::env::LEDGER_URL)
+            .or_else(|| settings.ledger.clone());
+        let mut fell_back = None;
+        if let Some(url) = shared {
+            match store::postgres::PostgresStore::open(&url).await {
+                Ok(s) => {
+                    let s: SharedStore = Arc::new(s);
+                    *slot = Some(s.clone());
+                    return Ok(s);
+                }
+                // With the fallback, this machine's ledger, said everywhere;
+                // without it, nothing is sent (and the next call tries again).
+                Err(e @ store::Error::Unreachable { .. }) if settings.ledger_fallback_local => {
+                    fell_back = Some(format!(
+                        "{}; using this machine's ledger instead (ledger_fallback = \"local\"): use from other machines is not counted meanwhile",
+                        texts::full(&e).split(';').next().unwrap_or_default()
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let (opener, dir, now) = (self.opener.clone(), self.state_dir.clone(), self.now());
         let opened = tokio::task::spawn_blocking(move || opener(&dir, now))
             .await
             .map_err(|_| store::Error::Task)??;
+        let opened = match fell_back {
+            Some(w) => Arc::new(store::Annotated::new(opened, w)) as SharedStore,
+            None => opened,
+        };
         if let Some(w) = opened.warning() {
             tracing::warn!("{w}");
         }

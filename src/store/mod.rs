@@ -14,6 +14,7 @@
 
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 use std::path::PathBuf;
@@ -57,6 +58,18 @@ pub(crate) enum Error {
         /// The file (or URL, credentials hidden).
         path: PathBuf,
         /// What the database said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The shared ledger's database cannot be reached: nothing is sent.
+    #[error(
+        "the shared usage ledger at {url} cannot be reached, so no request is sent (none would be counted); \
+         check the database, or set `ledger_fallback = \"local\"` to use this machine's ledger meanwhile"
+    )]
+    Unreachable {
+        /// The URL, password hidden.
+        url: String,
+        /// Why.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -170,3 +183,65 @@ pub(crate) trait Store: Send + Sync {
 
 /// A shared handle to whichever store is in use.
 pub(crate) type SharedStore = Arc<dyn Store>;
+
+/// A store with a warning of its own (the local ledger standing in for an
+/// unreachable shared one), passing every call through.
+pub(crate) struct Annotated {
+    inner: SharedStore,
+    warning: String,
+}
+
+impl Annotated {
+    /// `inner`, announced by `warning` in `status`, `check` and the logs.
+    pub(crate) fn new(inner: SharedStore, warning: String) -> Annotated {
+        Annotated { inner, warning }
+    }
+}
+
+impl Store for Annotated {
+    fn snapshot(
+        &self,
+        catalog: Arc<Catalog>,
+        providers: Vec<usize>,
+        now: Millis,
+    ) -> StoreFuture<'_, UsageSnapshot> {
+        self.inner.snapshot(catalog, providers, now)
+    }
+    fn lease(
+        &self,
+        slot: Slot,
+        need: Need,
+        now: Millis,
+    ) -> StoreFuture<'_, Result<Lease, Blocked>> {
+        self.inner.lease(slot, need, now)
+    }
+    fn commit(&self, lease: Lease, rec: AttemptRecord, now: Millis) -> StoreFuture<'_, ()> {
+        self.inner.commit(lease, rec, now)
+    }
+    fn release(&self, lease: Lease, now: Millis) -> StoreFuture<'_, ()> {
+        self.inner.release(lease, now)
+    }
+    fn record_verdict(
+        &self,
+        provider: String,
+        model: String,
+        task_type: String,
+        passed: bool,
+        now: Millis,
+    ) -> StoreFuture<'_, ()> {
+        self.inner
+            .record_verdict(provider, model, task_type, passed, now)
+    }
+    fn clear_cooldowns(&self, provider: Option<String>) -> StoreFuture<'_, usize> {
+        self.inner.clear_cooldowns(provider)
+    }
+    fn location(&self) -> String {
+        format!(
+            "{} (standing in for the shared ledger)",
+            self.inner.location()
+        )
+    }
+    fn warning(&self) -> Option<String> {
+        Some(self.warning.clone())
+    }
+}

@@ -40,15 +40,15 @@ use crate::quota::{
 };
 
 /// Bucket length per grain.
-const GRAINS: [Millis; 4] = [1_000, 60_000, 3_600_000, 86_400_000];
+pub(super) const GRAINS: [Millis; 4] = [1_000, 60_000, 3_600_000, 86_400_000];
 /// How long buckets of each grain are kept.
-const KEEP: [Millis; 4] = [120_000, 2 * 3_600_000, 2 * 86_400_000, 32 * 86_400_000];
+pub(super) const KEEP: [Millis; 4] = [120_000, 2 * 3_600_000, 2 * 86_400_000, 32 * 86_400_000];
 /// How long a writer waits for another process's transaction.
 const BUSY: Duration = Duration::from_secs(10);
 /// A learned limit not confirmed for this long is forgotten.
-const LEARNED_TTL: Millis = 7 * 86_400_000;
+pub(super) const LEARNED_TTL: Millis = 7 * 86_400_000;
 /// Stored for "any model" / "any key" in the cooldowns table.
-const ANY: &str = "*";
+pub(super) const ANY: &str = "*";
 /// A process checkpoints the WAL after this many of its writes.
 const CHECKPOINT_EVERY: u64 = 64;
 /// Background pruning runs at most this often per process.
@@ -1081,7 +1081,7 @@ fn prune(conn: &mut Connection, now: Millis) -> rusqlite::Result<()> {
 }
 
 #[cfg(unix)]
-fn process_alive(pid: i64) -> bool {
+pub(super) fn process_alive(pid: i64) -> bool {
     if pid == i64::from(std::process::id()) {
         return true;
     }
@@ -1095,7 +1095,7 @@ fn process_alive(pid: i64) -> bool {
 }
 
 #[cfg(not(unix))]
-fn process_alive(_pid: i64) -> bool {
+pub(super) fn process_alive(_pid: i64) -> bool {
     true
 }
 

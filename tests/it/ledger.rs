@@ -3,18 +3,42 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use crate::support::{Behavior, MockUpstream, Sandbox, provider, status_json};
+use crate::support::{Backend, Behavior, MockUpstream, Sandbox, provider, status_json};
+
+/// Each test body runs twice: on the SQLite file and on PostgreSQL.
+macro_rules! on_both_ledgers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Backend::Sqlite);
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Backend::Postgres);
+            }
+        }
+    )*};
+}
+
+on_both_ledgers!(
+    many_processes_never_exceed_a_shared_limit,
+    a_pool_shared_by_two_models_is_counted_once_across_processes,
+    kill_9_mid_request_leaves_a_consistent_ledger,
+    kill_9_during_a_fanout_then_the_next_launch_works,
+    eight_servers_on_one_state_dir_share_the_cap,
+);
 
 /// A mock that enforces `max` requests a minute and answers after `latency`,
 /// with a sandbox whose catalog gives it the same limit.
-fn limited(max: u64, latency: Duration) -> (MockUpstream, Sandbox) {
+fn limited(max: u64, latency: Duration, backend: Backend) -> (MockUpstream, Sandbox) {
     let mock = MockUpstream::start_blocking("alpha");
     mock.enforce(max, Duration::from_secs(60));
     mock.default(Behavior::Ok {
         text: "ok {prompt}".into(),
         latency,
     });
-    let sb = Sandbox::new();
+    let sb = Sandbox::new().on(backend);
     sb.config(&provider(
         "alpha",
         &mock,
@@ -33,9 +57,8 @@ fn spawn_delegate(sb: &Sandbox, prompt: &str) -> Child {
         .unwrap()
 }
 
-#[test]
-fn many_processes_never_exceed_a_shared_limit() {
-    let (mock, sb) = limited(5, Duration::from_millis(100));
+fn many_processes_never_exceed_a_shared_limit(backend: Backend) {
+    let (mock, sb) = limited(5, Duration::from_millis(100), backend);
     let children: Vec<Child> = (0..12)
         .map(|i| spawn_delegate(&sb, &format!("job {i}")))
         .collect();
@@ -67,11 +90,10 @@ fn many_processes_never_exceed_a_shared_limit() {
     assert_eq!(s["in_flight"], 0);
 }
 
-#[test]
-fn a_pool_shared_by_two_models_is_counted_once_across_processes() {
+fn a_pool_shared_by_two_models_is_counted_once_across_processes(backend: Backend) {
     let mock = MockUpstream::start_blocking("alpha");
     mock.enforce(4, Duration::from_secs(60));
-    let sb = Sandbox::new();
+    let sb = Sandbox::new().on(backend);
     let mut cfg = provider(
         "alpha",
         &mock,
@@ -104,11 +126,10 @@ fn a_pool_shared_by_two_models_is_counted_once_across_processes() {
     assert_eq!(mock.overshoots(), 0);
 }
 
-#[test]
-fn kill_9_mid_request_leaves_a_consistent_ledger() {
+fn kill_9_mid_request_leaves_a_consistent_ledger(backend: Backend) {
     let mock = MockUpstream::start_blocking("alpha");
     mock.script([Behavior::Hang]);
-    let sb = Sandbox::new();
+    let sb = Sandbox::new().on(backend);
     sb.config(&provider("alpha", &mock, "max_concurrency = 1", ""));
     let mut victim = spawn_delegate(&sb, "hang");
     crate::support::wait_until(|| mock.count() > 0);
@@ -132,14 +153,13 @@ fn kill_9_mid_request_leaves_a_consistent_ledger() {
     assert_eq!(s["in_flight"], 0);
 }
 
-#[test]
-fn kill_9_during_a_fanout_then_the_next_launch_works() {
+fn kill_9_during_a_fanout_then_the_next_launch_works(backend: Backend) {
     let mock = MockUpstream::start_blocking("alpha");
     mock.default(Behavior::Ok {
         text: "slow {prompt}".into(),
         latency: Duration::from_secs(30),
     });
-    let sb = Sandbox::new();
+    let sb = Sandbox::new().on(backend);
     sb.config(&provider(
         "alpha",
         &mock,
@@ -194,9 +214,8 @@ fn kill_9_during_a_fanout_then_the_next_launch_works() {
     );
 }
 
-#[test]
-fn eight_servers_on_one_state_dir_share_the_cap() {
-    let (mock, sb) = limited(6, Duration::from_millis(50));
+fn eight_servers_on_one_state_dir_share_the_cap(backend: Backend) {
+    let (mock, sb) = limited(6, Duration::from_millis(50), backend);
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let cmd = sb.cmd();

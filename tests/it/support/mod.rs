@@ -9,6 +9,7 @@
 
 pub mod hostile;
 pub mod mock;
+pub mod pg;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,13 @@ use serde_json::{Value, json};
 
 pub use mock::{Behavior, MockUpstream};
 
+/// Which ledger a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_freepool-mcp")
@@ -29,12 +37,15 @@ pub fn bin() -> &'static str {
 /// cleared environment so no real key or provider can be reached.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    /// The shared ledger's URL, when the test runs on PostgreSQL.
+    pub ledger: Option<String>,
 }
 
 impl Sandbox {
     pub fn new() -> Sandbox {
         let s = Sandbox {
             dir: tempfile::tempdir().unwrap(),
+            ledger: None,
         };
         std::fs::create_dir_all(s.home()).unwrap();
         s.config("");
@@ -76,7 +87,20 @@ impl Sandbox {
             .env("MOCK_KEY", "mock-secret-key-value-0001")
             .env("MOCK_KEY_2", "mock-secret-key-value-0002")
             .current_dir(self.dir.path());
+        if let Some(url) = &self.ledger {
+            c.env("FREEPOOL_LEDGER_URL", url);
+        }
         c
+    }
+
+    /// The same sandbox on a ledger: `None` for the SQLite file, `Some` for
+    /// a fresh PostgreSQL database.
+    pub fn on(mut self, backend: Backend) -> Sandbox {
+        self.ledger = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(pg::Pg::database()),
+        };
+        self
     }
 
     /// Runs a command with `stdin` as its input and collects its output.

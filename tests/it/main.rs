@@ -11,6 +11,7 @@
 //! - `http`: `serve --port`: OpenAI-compatible and MCP over HTTP, the token, one shared ledger.
 //! - `faults`: upstreams that hang, trickle, or answer garbage; broken state and config.
 //! - `props`: property tests for the gate and config parsing.
+//! - `shared_ledger`: the ledger on PostgreSQL across hosts, outages and the local fallback.
 //! - `trouble`: hangs, black holes, config typos, empty variables, short failures, exit codes.
 
 #![allow(
@@ -35,5 +36,6 @@ mod http;
 mod ledger;
 mod mcp;
 mod props;
+mod shared_ledger;
 mod support;
 mod trouble;

@@ -56,11 +56,23 @@ fn run(bin: &Path, args: &[&str]) -> std::process::Output {
 
 extern "C" fn stop_at_exit() {
     if let Some(pg) = SERVER.get() {
-        let _ = run(
-            &pg.bin.join("pg_ctl"),
-            &["-D", pg.data.to_str().unwrap(), "-m", "immediate", "stop"],
-        );
-        let _ = std::fs::remove_dir_all(pg.data.parent().unwrap());
+        pg.remove();
+    }
+}
+
+/// A server that is stopped and removed when dropped.
+pub struct PrivatePg(pub Pg);
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
+}
+
+impl std::ops::Deref for PrivatePg {
+    type Target = Pg;
+    fn deref(&self) -> &Pg {
+        &self.0
     }
 }
 
@@ -73,58 +85,85 @@ fn free_port() -> u16 {
 }
 
 impl Pg {
-    /// The server, started on first use.
+    /// The shared server, started on first use and stopped when the test binary exits.
     pub fn get() -> &'static Pg {
         SERVER.get_or_init(|| {
-            let bin = bin_dir();
-            // The server's user must reach its directory: as root, /var/tmp
-            // (the temp dir may be private to root).
-            let base = if is_root() {
-                PathBuf::from("/var/tmp")
-            } else {
-                std::env::temp_dir()
-            };
-            let root = base.join(format!("freepool-pg-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&root);
-            std::fs::create_dir_all(&root).unwrap();
-            let data = root.join("data");
-            if is_root() {
-                let ok = Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&root)
-                    .status()
-                    .unwrap()
-                    .success();
-                assert!(ok, "chown the PostgreSQL dir");
-            }
-            let out = run(
-                &bin.join("initdb"),
-                &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "freepool", "--no-sync", "-E", "UTF8"],
-            );
-            assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-            let port = free_port();
-            let opts = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200",
-                root.display()
-            );
-            let log = root.join("log");
-            let out = run(
-                &bin.join("pg_ctl"),
-                &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"],
-            );
-            assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+            let pg = Pg::start("shared");
             // SAFETY: registers a plain extern "C" function with no captured state.
             unsafe { libc::atexit(stop_at_exit) };
-            Pg { bin, data, port }
+            pg
         })
     }
 
-    /// A fresh, empty database; its URL.
+    /// A server of the caller's own (for tests that stop it); stopped on drop.
+    pub fn private() -> PrivatePg {
+        PrivatePg(Pg::start("private"))
+    }
+
+    fn start(tag: &str) -> Pg {
+        let bin = bin_dir();
+        // The server's user must reach its directory: as root, /var/tmp
+        // (the temp dir may be private to root).
+        let base = if is_root() {
+            PathBuf::from("/var/tmp")
+        } else {
+            std::env::temp_dir()
+        };
+        let root = base.join(format!(
+            "freepool-pg-{}-{tag}-{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let data = root.join("data");
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&root)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown the PostgreSQL dir");
+        }
+        let out = run(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "freepool",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pg = Pg {
+            bin,
+            data,
+            port: free_port(),
+        };
+        pg.restart();
+        pg
+    }
+
+    /// A fresh, empty database on the shared server; its URL.
     pub fn database() -> String {
-        let pg = Pg::get();
+        Pg::get().new_database()
+    }
+
+    /// A fresh, empty database on this server; its URL.
+    pub fn new_database(&self) -> String {
         let name = format!("t{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
-        pg.psql("postgres", &format!("CREATE DATABASE {name}"));
-        format!("postgres://freepool@127.0.0.1:{}/{name}", pg.port)
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        format!("postgres://freepool@127.0.0.1:{}/{name}", self.port)
     }
 
     /// Runs one SQL statement.
@@ -151,6 +190,14 @@ impl Pg {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn remove(&self) {
+        let _ = run(
+            &self.bin.join("pg_ctl"),
+            &["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(self.data.parent().unwrap());
     }
 
     /// Stops the server (to test a database that goes away).

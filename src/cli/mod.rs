@@ -143,6 +143,25 @@ pub enum Command {
         #[command(subcommand)]
         action: LogAction,
     },
+    /// The usage ledger: move this machine's into a shared one.
+    Ledger {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: LedgerAction,
+    },
+}
+
+/// `ledger` actions.
+#[derive(Debug, Subcommand)]
+pub enum LedgerAction {
+    /// Copy this machine's ledger (use in the live windows, leases, benches,
+    /// learned limits, verdicts) into a PostgreSQL ledger; then set
+    /// `[settings] ledger` to its URL.
+    Migrate {
+        /// The shared ledger, `postgres://user@host/db`.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 /// `log` actions.
@@ -364,6 +383,26 @@ pub async fn run(cli: Cli, preloaded: Option<Preload>) -> anyhow::Result<i32> {
             undo,
         }) => init::run(&cli, *dry_run, *project, *undo),
         Some(Command::Log { action }) => log(&cli, action).await,
+        Some(Command::Ledger {
+            action: LedgerAction::Migrate { to },
+        }) => {
+            let (catalog, state) = load(&cli);
+            let engine = Engine::new(catalog, state.clone());
+            match engine.migrate_ledger(to).await {
+                Ok((rows, at)) => {
+                    out(&format!(
+                        "copied {rows} rows from {} to {at}; now set `ledger = \"{}\"` under [settings] (or FREEPOOL_LEDGER_URL) on every machine that uses these keys\n",
+                        state.join("ledger.sqlite").display(),
+                        crate::dispatch::shown_url(to)
+                    ))?;
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("error: {}", texts::full(&e));
+                    Ok(1)
+                }
+            }
+        }
     }
 }
 

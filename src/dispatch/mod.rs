@@ -15,6 +15,7 @@
 
 mod answer;
 pub(crate) mod discovery;
+pub(crate) use crate::store::postgres::shown_url;
 pub(crate) use crate::upstream::StreamSink;
 pub(crate) mod failover;
 mod fanout;
@@ -463,6 +464,18 @@ impl Engine {
         }
         *slot = Some(opened.clone());
         Ok(opened)
+    }
+
+    /// Copies this machine's ledger file into the shared ledger at `url`
+    /// (`ledger migrate`); returns the rows carried and where they went.
+    pub(crate) async fn migrate_ledger(&self, url: &str) -> Result<(usize, String), Error> {
+        let (dir, now) = (self.state_dir.clone(), self.now());
+        let export = tokio::task::spawn_blocking(move || store::sqlite::export(&dir, now))
+            .await
+            .map_err(|_| store::Error::Task)??;
+        let shared = store::postgres::PostgresStore::open(url).await?;
+        let n = shared.import(export).await?;
+        Ok((n, store::Store::location(&shared)))
     }
 
     /// The decision log, opened on first use (off the runtime thread, retried likewise).

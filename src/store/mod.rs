@@ -184,6 +184,32 @@ pub(crate) trait Store: Send + Sync {
 /// A shared handle to whichever store is in use.
 pub(crate) type SharedStore = Arc<dyn Store>;
 
+/// What `ledger migrate` carries from the SQLite file to PostgreSQL: the
+/// rows that still matter (usage buckets the windows read, benches in force,
+/// learned limits, calibration, verdicts, gone marks), as plain values.
+#[derive(Debug, Default)]
+pub(crate) struct Export {
+    /// (provider, grain, start, model, key, requests, tokens, failures).
+    pub(crate) usage: Vec<UsageRow>,
+    /// (provider, model, key, until, stated, reason, strikes, set_at).
+    pub(crate) cooldowns: Vec<CooldownRow>,
+    /// (provider, model, limit key, max, confirmed at).
+    pub(crate) learned: Vec<(String, String, String, i64, i64)>,
+    /// (provider, tokens per character).
+    pub(crate) calibration: Vec<(String, f64)>,
+    /// (provider, model, task type, passes, fails, at).
+    pub(crate) verdicts: Vec<(String, String, String, f64, f64, i64)>,
+    /// (provider, model, key, entry, since, last, confirmed, words).
+    pub(crate) gone: Vec<GoneRow>,
+}
+
+/// A usage bucket row: (provider, grain, start, model, key, requests, tokens, failures).
+pub(crate) type UsageRow = (String, i32, i64, String, String, i64, i64, i64);
+/// A bench row: (provider, model, key, until, stated, reason, strikes, set_at).
+pub(crate) type CooldownRow = (String, String, String, i64, bool, String, i32, i64);
+/// A gone-mark row: (provider, model, key, entry, since, last, confirmed, words).
+pub(crate) type GoneRow = (String, String, String, String, i64, i64, bool, String);
+
 /// A store with a warning of its own (the local ledger standing in for an
 /// unreachable shared one), passing every call through.
 pub(crate) struct Annotated {

@@ -648,6 +648,72 @@ async fn prune<C: GenericClient>(c: &C, now: Millis) -> Result<(), tokio_postgre
     Ok(())
 }
 
+impl PostgresStore {
+    /// Adds what another ledger holds to this one, in one transaction: use
+    /// adds to use already here; the rest is kept where this one has none.
+    /// Returns the number of rows carried.
+    ///
+    /// # Errors
+    ///
+    /// The database cannot be reached or refuses a write.
+    pub(crate) async fn import(&self, e: super::Export) -> Result<usize, Error> {
+        self.with(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await?;
+                let mut n = 0;
+                for (p, g, start, m, k, req, tok, fail) in &e.usage {
+                    n += tx.execute(
+                        "INSERT INTO freepool_usage (provider, grain, start, model, key_fp, requests, tokens, failures)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         ON CONFLICT (provider, grain, start, model, key_fp) DO UPDATE SET
+                           requests = freepool_usage.requests + excluded.requests,
+                           tokens = freepool_usage.tokens + excluded.tokens,
+                           failures = freepool_usage.failures + excluded.failures",
+                        &[p, g, start, m, k, req, tok, fail],
+                    ).await?;
+                }
+                for (p, m, k, until, stated, reason, strikes, set_at) in &e.cooldowns {
+                    n += tx.execute(
+                        "INSERT INTO freepool_cooldowns (provider, model, key_fp, until, stated, reason, strikes, set_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                        &[p, m, k, until, stated, reason, strikes, set_at],
+                    ).await?;
+                }
+                for (p, m, key, max, at) in &e.learned {
+                    n += tx.execute(
+                        "INSERT INTO freepool_learned (provider, model, limit_key, max, confirmed_at)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        &[p, m, key, max, at],
+                    ).await?;
+                }
+                for (p, ratio) in &e.calibration {
+                    n += tx.execute(
+                        "INSERT INTO freepool_calibration (provider, tokens_per_char) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        &[p, ratio],
+                    ).await?;
+                }
+                for (p, m, t, passes, fails, at) in &e.verdicts {
+                    n += tx.execute(
+                        "INSERT INTO freepool_verdicts (provider, model, task_type, passes, fails, at)
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                        &[p, m, t, passes, fails, at],
+                    ).await?;
+                }
+                for (p, m, k, entry, since, last, confirmed, words) in &e.gone {
+                    n += tx.execute(
+                        "INSERT INTO freepool_gone (provider, model, key_fp, entry, since, last, confirmed, words)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                        &[p, m, k, entry, since, last, confirmed, words],
+                    ).await?;
+                }
+                tx.commit().await?;
+                Ok(n as usize)
+            })
+        })
+        .await
+    }
+}
+
 impl Store for PostgresStore {
     fn snapshot(
         &self,

@@ -964,6 +964,135 @@ fn commit(
     tx.commit()
 }
 
+/// Reads what `ledger migrate` carries over from the ledger file in `dir`.
+///
+/// # Errors
+///
+/// The file cannot be opened or read.
+pub(crate) fn export(dir: &Path, now: Millis) -> Result<super::Export, Error> {
+    let path = dir.join("ledger.sqlite");
+    let db = |e: rusqlite::Error| Error::Db {
+        path: path.clone(),
+        source: Box::new(e),
+    };
+    let conn = crate::readonly::open(&path).map_err(db)?;
+    let read = || -> rusqlite::Result<super::Export> {
+        let mut out = super::Export::default();
+        let mut st = conn.prepare(
+            "SELECT provider, grain, start, model, key_fp, requests, tokens, failures FROM usage",
+        )?;
+        out.usage = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        // Leases of running processes become use, at the time each was taken.
+        let mut st =
+            conn.prepare("SELECT provider, model, key_fp, ts, tokens, minute_tokens FROM leases")?;
+        let leases: Vec<(String, String, String, i64, i64, i64)> = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (p, m, k, ts, tokens, minute) in leases {
+            for (grain, size) in GRAINS.iter().enumerate() {
+                let t = if grain == 0 {
+                    minute.max(tokens)
+                } else {
+                    tokens
+                };
+                out.usage.push((
+                    p.clone(),
+                    grain as i32,
+                    ts.div_euclid(*size) * size,
+                    m.clone(),
+                    k.clone(),
+                    1,
+                    t,
+                    0,
+                ));
+            }
+        }
+        let mut st = conn.prepare(
+            "SELECT provider, model, key_fp, until, stated, reason, strikes, set_at FROM cooldowns WHERE until > ?1",
+        )?;
+        out.cooldowns = st
+            .query_map([now], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut st =
+            conn.prepare("SELECT provider, model, limit_key, max, confirmed_at FROM learned")?;
+        out.learned = st
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut st = conn.prepare("SELECT provider, tokens_per_char FROM calibration")?;
+        out.calibration = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut st =
+            conn.prepare("SELECT provider, model, task_type, passes, fails, at FROM verdicts")?;
+        out.verdicts = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut st = conn.prepare(
+            "SELECT provider, model, key_fp, entry, since, last, confirmed, words FROM gone",
+        )?;
+        out.gone = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(out)
+    };
+    read().map_err(db)
+}
+
 /// Folds a gone report into the mark held for its model and key.
 fn mark_gone(tx: &Connection, report: &GoneReport, now: Millis) -> rusqlite::Result<()> {
     let (p, m, k) = (

@@ -188,3 +188,45 @@ fn the_local_fallback_says_what_it_is_and_the_password_never_shows() {
     assert!(o.contains("standing in for the shared ledger"), "{o}");
     assert!(!o.contains("hunter2"), "{o}");
 }
+
+/// `ledger migrate --to` carries this machine's live windows over: the
+/// shared ledger goes on counting from where the file was.
+#[test]
+fn migrating_carries_the_live_windows_over() {
+    let mock = MockUpstream::start_blocking("alpha");
+    mock.enforce(5, Duration::from_secs(60));
+    let mut sb = Sandbox::new();
+    sb.config(&provider("alpha", &mock, "", "limits = { rpm = 5 }"));
+    for i in 0..3 {
+        let out = sb
+            .cmd()
+            .args(["delegate", &format!("local {i}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let url = Pg::database();
+    let out = sb
+        .cmd()
+        .args(["ledger", "migrate", "--to", &url])
+        .output()
+        .unwrap();
+    let o = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(o.contains("copied") && o.contains("ledger = "), "{o}");
+    sb.ledger = Some(url);
+    let s = status_json(&sb);
+    assert_eq!(s["usage"][0]["limits"][0]["used"], 3, "{s}");
+    let served = (0..4)
+        .filter(|i| {
+            sb.cmd()
+                .args(["delegate", &format!("shared {i}")])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        })
+        .count();
+    assert_eq!(served, 2, "the shared ledger counts on from 3 of 5");
+    assert_eq!(mock.overshoots(), 0);
+}

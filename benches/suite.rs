@@ -22,6 +22,8 @@
 
 #[path = "../tests/it/support/mock.rs"]
 mod mock;
+#[path = "../tests/it/support/pg.rs"]
+mod pg;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -39,6 +41,25 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--minimal-server") {
         minimal_server();
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--lease-worker-pg") {
+        let upstream = Duration::from_millis(args[i + 3].parse().unwrap());
+        match freepool_mcp::testing::lease_worker_pg(
+            &args[i + 1],
+            args[i + 2].parse().unwrap(),
+            upstream,
+        ) {
+            Ok(latencies) => {
+                for l in latencies {
+                    println!("{l}");
+                }
+            }
+            Err(e) => {
+                eprintln!("lease worker: {e}");
+                std::process::exit(1);
+            }
+        }
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--lease-worker") {
@@ -691,6 +712,21 @@ async fn run() {
         );
     }
 
+    // 5b. Lease latency on both ledgers, side by side.
+    if want("backends") {
+        for (sessions, sq, pgl) in backend_table(&me) {
+            row(
+                &format!("lease p50 / p99 at {sessions} sessions: SQLite file | PostgreSQL"),
+                format!(
+                    "{:.2} / {:.1} ms | {:.2} / {:.1} ms",
+                    sq[0], sq[1], pgl[0], pgl[1]
+                ),
+                "",
+                None,
+            );
+        }
+    }
+
     // 6. Lease latency as the ledger fills: sessions (processes) leasing and
     //    committing on one ledger that holds a month of history.
     let leases = if want("leases") {
@@ -964,6 +1000,50 @@ async fn savings_table() -> Vec<(String, u64, u64, u64)> {
 /// What each benchmark session's upstream call takes between lease and
 /// commit: a fast provider (free tiers answer in 0.2-30 s).
 const UPSTREAM_MS: u64 = 20;
+
+/// Lease latency (p50, p99 ms) at 1, 8 and 32 sessions on an empty ledger:
+/// the SQLite file, then PostgreSQL (a server started for the run).
+fn backend_table(me: &str) -> Vec<(usize, [f64; 2], [f64; 2])> {
+    let server = pg::Pg::private();
+    let run = |arg: &str, target: &str, sessions: usize| -> [f64; 2] {
+        let children: Vec<_> = (0..sessions)
+            .map(|_| {
+                std::process::Command::new(me)
+                    .args([arg, target, "40", &UPSTREAM_MS.to_string()])
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut all: Vec<f64> = Vec::new();
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "a lease worker failed");
+            all.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.parse::<f64>().ok())
+                    .map(|us| us / 1000.0),
+            );
+        }
+        all.sort_by(f64::total_cmp);
+        let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+        [pct(0.50), pct(0.99)]
+    };
+    let mut out = Vec::new();
+    for sessions in [1usize, 8, 32] {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = run(
+            "--lease-worker",
+            &dir.path().display().to_string(),
+            sessions,
+        );
+        let url = server.new_database();
+        let postgres = run("--lease-worker-pg", &url, sessions);
+        out.push((sessions, sqlite, postgres));
+    }
+    out
+}
 
 /// (events, sessions, p50 ms, p99 ms) for every combination.
 fn lease_table(me: &str) -> Vec<(u64, usize, f64, f64)> {

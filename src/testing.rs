@@ -95,6 +95,58 @@ pub fn lease_worker(
     Ok(latencies)
 }
 
+/// `lease_worker` on the PostgreSQL ledger at `url`.
+pub fn lease_worker_pg(
+    url: &str,
+    calls: usize,
+    upstream: std::time::Duration,
+) -> Result<Vec<u64>, String> {
+    use crate::store::Store as _;
+    let dir = std::env::temp_dir();
+    let cat = catalog(&dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = crate::store::postgres::PostgresStore::open(url)
+            .await
+            .map_err(|e| crate::dispatch::texts::full(&e))?;
+        let fp = config::ApiKey::new("bench-key").fingerprint();
+        let slot = Slot {
+            catalog: cat,
+            provider: 0,
+            model: 0,
+            key_fp: fp,
+        };
+        let mut latencies = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let t0 = Instant::now();
+            let lease = store
+                .lease(slot.clone(), Need::flat(300), 0)
+                .await
+                .map_err(|e| crate::dispatch::texts::full(&e))?
+                .map_err(|b| format!("refused: {b:?}"))?;
+            latencies.push(t0.elapsed().as_micros() as u64);
+            tokio::time::sleep(upstream).await;
+            let rec = AttemptRecord {
+                reached: true,
+                need: Need::flat(320),
+                ok: true,
+                calibration: None,
+                bench: None,
+                learned: None,
+                gone: None,
+            };
+            store
+                .commit(lease, rec, 0)
+                .await
+                .map_err(|e| crate::dispatch::texts::full(&e))?;
+        }
+        Ok(latencies)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -99,6 +99,145 @@ pub(crate) fn shown_url(url: &str) -> String {
     out
 }
 
+/// The connection settings for `url`: a `password_command` query parameter
+/// is run once (through `sh -c`) for the password; with no password either
+/// way, `$PGPASSFILE` (else `~/.pgpass`) is read as libpq reads it.
+fn connect_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    let (url, command) = take_param(url, "password_command");
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| "the ledger URL does not read as postgres://user@host:port/db".to_owned())?;
+    if cfg.get_password().is_some() {
+        return Ok(cfg);
+    }
+    if let Some(cmd) = command {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                format!(
+                    "the password command could not run: {}",
+                    crate::words::io(e.kind())
+                )
+            })?;
+        if !out.status.success() {
+            return Err(format!(
+                "the password command failed ({})",
+                crate::words::exit(out.status)
+            ));
+        }
+        let pw = String::from_utf8_lossy(&out.stdout)
+            .trim_end_matches(['\r', '\n'])
+            .to_owned();
+        cfg.password(pw);
+        return Ok(cfg);
+    }
+    let file = crate::config::env::var("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            crate::config::env::var("HOME").map(|h| std::path::Path::new(&h).join(".pgpass"))
+        });
+    if let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) {
+        let host = cfg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(_) => "localhost".into(),
+            })
+            .next()
+            .unwrap_or_else(|| "localhost".into());
+        let port = cfg.get_ports().first().copied().unwrap_or(5432).to_string();
+        let user = cfg.get_user().unwrap_or_default().to_owned();
+        let db = cfg.get_dbname().map_or_else(|| user.clone(), str::to_owned);
+        if let Some(pw) = pgpass_lookup(&text, [&host, &port, &db, &user]) {
+            cfg.password(pw);
+        }
+    }
+    Ok(cfg)
+}
+
+/// `url` without the query parameter `name`, and that parameter's value
+/// (percent-decoded).
+fn take_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.split_once('=') {
+            Some((k, v)) if k == name => {
+                value = Some(percent_decode(v));
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, value)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3)) {
+            (b'%', Some(h))
+                if std::str::from_utf8(h).is_ok_and(|h| u8::from_str_radix(h, 16).is_ok()) =>
+            {
+                out.push(
+                    u8::from_str_radix(std::str::from_utf8(h).unwrap_or("0"), 16).unwrap_or(0),
+                );
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The password a `.pgpass` text gives for (host, port, database, user):
+/// the first line whose four fields match (`*` matches anything; `\:` and
+/// `\\` are a colon and a backslash).
+fn pgpass_lookup(text: &str, want: [&str; 4]) -> Option<String> {
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut fields = Vec::new();
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        cur.push(n);
+                    }
+                }
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        if fields.len() == 5 && fields.iter().zip(want).all(|(f, w)| f == "*" || f == w) {
+            return fields.pop();
+        }
+    }
+    None
+}
+
 /// This machine's id for leases: `$FREEPOOL_HOST_ID`, else the machine id,
 /// else the host name.
 fn host_id() -> String {
@@ -155,7 +294,11 @@ impl PostgresStore {
     {
         let mut guard = self.inner.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let connect = tokio_postgres::connect(&self.inner.url, NoTls);
+            let cfg = connect_config(&self.inner.url).map_err(|why| Error::Unreachable {
+                url: self.inner.shown.clone(),
+                source: why.into(),
+            })?;
+            let connect = cfg.connect(NoTls);
             let (client, conn) = tokio::time::timeout(Duration::from_secs(5), connect)
                 .await
                 .map_err(|_| self.unreachable(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
@@ -871,6 +1014,33 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_comes_from_a_command_or_a_pgpass_file() {
+        let (url, cmd) = take_param(
+            "postgres://fp@db:5432/l?sslmode=disable&password_command=pass%20show%20db",
+            "password_command",
+        );
+        assert_eq!(url, "postgres://fp@db:5432/l?sslmode=disable");
+        assert_eq!(cmd.as_deref(), Some("pass show db"));
+        let cfg =
+            connect_config("postgres://fp@db/l?password_command=printf%20%27s3cret%27").unwrap();
+        assert_eq!(cfg.get_password(), Some(&b"s3cret"[..]));
+        let err = connect_config("postgres://fp@db/l?password_command=exit%203").unwrap_err();
+        assert!(
+            err.contains("exit code 3") && !err.contains("exit 3"),
+            "{err}"
+        );
+        let pgpass = "# comment\nother:5432:*:fp:nope\ndb:5432:l:fp:p\\:w\n*:*:*:*:fallback\n";
+        assert_eq!(
+            pgpass_lookup(pgpass, ["db", "5432", "l", "fp"]).as_deref(),
+            Some("p:w")
+        );
+        assert_eq!(
+            pgpass_lookup(pgpass, ["x", "1", "y", "z"]).as_deref(),
+            Some("fallback")
+        );
+    }
 
     #[test]
     fn the_shown_url_never_carries_the_password() {

@@ -69,6 +69,7 @@ pub(super) async fn run(
     match engine.store().await {
         Ok(store) => {
             let _ = writeln!(text, "state: {} (writable)", state.display());
+            let _ = writeln!(text, "ledger: {}", store.location());
             if let Some(w) = store.warning() {
                 let _ = writeln!(text, "warning: {w}");
             }

@@ -444,7 +444,7 @@ impl Engine {
                 // without it, nothing is sent (and the next call tries again).
                 Err(e @ store::Error::Unreachable { .. }) if settings.ledger_fallback_local => {
                     fell_back = Some(format!(
-                        "{}; using this machine's ledger instead (ledger_fallback = \"local\"): use from other machines is not counted meanwhile",
+                        "{}; using this machine's ledger instead (ledger_fallback = \"local\"), where each limit counts at half: use from other machines is not counted meanwhile",
                         texts::full(&e).split(';').next().unwrap_or_default()
                     ));
                 }

@@ -210,17 +210,58 @@ pub(crate) type CooldownRow = (String, String, String, i64, bool, String, i32, i
 /// A gone-mark row: (provider, model, key, entry, since, last, confirmed, words).
 pub(crate) type GoneRow = (String, String, String, String, i64, i64, bool, String);
 
-/// A store with a warning of its own (the local ledger standing in for an
-/// unreachable shared one), passing every call through.
+/// This machine's ledger standing in for an unreachable shared one: every
+/// limit counts at [`STAND_IN_SHARE`] here (other machines spend from the
+/// same caps meanwhile), and the warning says so everywhere.
 pub(crate) struct Annotated {
     inner: SharedStore,
     warning: String,
+    /// The catalog leases are checked against: the caller's with every
+    /// limit cut to its share (keyed by the caller's catalog's address).
+    reduced: std::sync::Mutex<Option<(usize, Arc<Catalog>)>>,
 }
+
+/// The share of each limit a stand-in ledger lets this machine use.
+pub(crate) const STAND_IN_SHARE: (u64, u64) = (1, 2);
 
 impl Annotated {
     /// `inner`, announced by `warning` in `status`, `check` and the logs.
     pub(crate) fn new(inner: SharedStore, warning: String) -> Annotated {
-        Annotated { inner, warning }
+        Annotated {
+            inner,
+            warning,
+            reduced: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn reduced(&self, catalog: &Arc<Catalog>) -> Arc<Catalog> {
+        let key = Arc::as_ptr(catalog) as usize;
+        let mut slot = self
+            .reduced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((k, c)) = slot.as_ref()
+            && *k == key
+        {
+            return c.clone();
+        }
+        let mut cut = (**catalog).clone();
+        let share = |max: u64| (max * STAND_IN_SHARE.0 / STAND_IN_SHARE.1).max(1);
+        for p in &mut cut.providers {
+            for m in &mut p.models {
+                for l in &mut m.limits {
+                    l.max = share(l.max);
+                }
+            }
+            for pool in &mut p.pools {
+                for l in &mut pool.limits {
+                    l.max = share(l.max);
+                }
+            }
+        }
+        let cut = Arc::new(cut);
+        *slot = Some((key, cut.clone()));
+        cut
     }
 }
 
@@ -235,10 +276,11 @@ impl Store for Annotated {
     }
     fn lease(
         &self,
-        slot: Slot,
+        mut slot: Slot,
         need: Need,
         now: Millis,
     ) -> StoreFuture<'_, Result<Lease, Blocked>> {
+        slot.catalog = self.reduced(&slot.catalog);
         self.inner.lease(slot, need, now)
     }
     fn commit(&self, lease: Lease, rec: AttemptRecord, now: Millis) -> StoreFuture<'_, ()> {

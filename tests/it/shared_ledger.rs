@@ -178,11 +178,20 @@ fn the_local_fallback_says_what_it_is_and_the_password_never_shows() {
     // With it: this machine's ledger, and every page says so.
     sb.config(&format!(
         "ledger_fallback = \"local\"\n{}",
-        provider("alpha", &mock, "", "")
+        provider("alpha", &mock, "", "limits = { rpm = 4 }")
     ));
-    let out = sb.cmd().args(["delegate", "x"]).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(!text(&out.stderr).contains("hunter2"));
+    // Each limit counts at half here: 2 of the 4 a minute.
+    let outs: Vec<_> = (0..3)
+        .map(|i| {
+            sb.cmd()
+                .args(["delegate", &format!("x{i}")])
+                .output()
+                .unwrap()
+        })
+        .collect();
+    let served = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(served, 2, "{}", text(&outs[2].stderr));
+    assert!(outs.iter().all(|o| !text(&o.stderr).contains("hunter2")));
     let out = sb.cmd().arg("status").output().unwrap();
     let o = text(&out.stdout);
     assert!(o.contains("standing in for the shared ledger"), "{o}");

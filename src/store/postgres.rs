@@ -99,6 +99,24 @@ pub(crate) fn shown_url(url: &str) -> String {
     out
 }
 
+/// TLS with rustls (ring), verified against the system's root certificates.
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    static CONFIG: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_or_else(
+                |_| rustls::ClientConfig::builder().with_root_certificates(roots.clone()),
+                |b| b.with_root_certificates(roots.clone()),
+            )
+            .with_no_client_auth()
+    });
+    tokio_postgres_rustls::MakeRustlsConnect::new(config.clone())
+}
+
 /// The connection settings for `url`: a `password_command` query parameter
 /// is run once (through `sh -c`) for the password; with no password either
 /// way, `$PGPASSFILE` (else `~/.pgpass`) is read as libpq reads it.
@@ -298,14 +316,29 @@ impl PostgresStore {
                 url: self.inner.shown.clone(),
                 source: why.into(),
             })?;
-            let connect = cfg.connect(NoTls);
-            let (client, conn) = tokio::time::timeout(Duration::from_secs(5), connect)
-                .await
-                .map_err(|_| self.unreachable(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
-                .map_err(|e| self.unreachable(e))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let timed_out = || self.unreachable(std::io::Error::from(std::io::ErrorKind::TimedOut));
+            let client = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+                let (client, conn) =
+                    tokio::time::timeout(Duration::from_secs(5), cfg.connect(NoTls))
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(|e| self.unreachable(e))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                client
+            } else {
+                // `prefer` (the default) and `require`: TLS when the server offers it.
+                let (client, conn) =
+                    tokio::time::timeout(Duration::from_secs(5), cfg.connect(tls()))
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(|e| self.unreachable(e))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                client
+            };
             migrate(&client).await.map_err(|e| self.db(e))?;
             *guard = Some(client);
         }

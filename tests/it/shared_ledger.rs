@@ -239,3 +239,28 @@ fn migrating_carries_the_live_windows_over() {
     assert_eq!(served, 2, "the shared ledger counts on from 3 of 5");
     assert_eq!(mock.overshoots(), 0);
 }
+
+/// `sslmode=require` goes through rustls: a server without TLS is refused,
+/// not silently used in the clear.
+#[test]
+fn require_means_tls() {
+    let url = format!("{}?sslmode=require", Pg::database());
+    let mock = MockUpstream::start_blocking("alpha");
+    let sb = host(&url, &provider("alpha", &mock, "", ""));
+    let out = sb.cmd().args(["delegate", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot be reached"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(mock.count(), 0);
+    let plain = url.replace("sslmode=require", "sslmode=prefer");
+    let sb = host(&plain, &provider("alpha", &mock, "", ""));
+    let out = sb.cmd().args(["delegate", "x"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "prefer falls back: {}",
+        text(&out.stderr)
+    );
+}

@@ -45,21 +45,11 @@ fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "--lease-worker-pg") {
         let upstream = Duration::from_millis(args[i + 3].parse().unwrap());
-        match freepool_mcp::testing::lease_worker_pg(
+        print_latencies(freepool_mcp::testing::lease_worker_pg(
             &args[i + 1],
             args[i + 2].parse().unwrap(),
             upstream,
-        ) {
-            Ok(latencies) => {
-                for l in latencies {
-                    println!("{l}");
-                }
-            }
-            Err(e) => {
-                eprintln!("lease worker: {e}");
-                std::process::exit(1);
-            }
-        }
+        ));
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--lease-worker") {
@@ -817,7 +807,16 @@ async fn run() {
 /// One session of the lease benchmark: prints each lease's latency (µs).
 fn lease_worker(dir: &str, calls: usize, upstream_ms: u64) {
     let upstream = Duration::from_millis(upstream_ms);
-    match freepool_mcp::testing::lease_worker(Path::new(dir), calls, upstream) {
+    print_latencies(freepool_mcp::testing::lease_worker(
+        Path::new(dir),
+        calls,
+        upstream,
+    ));
+}
+
+/// A lease worker's output: one latency (µs) a line, or exit 1 with why.
+fn print_latencies(result: Result<Vec<u64>, String>) {
+    match result {
         Ok(latencies) => {
             for l in latencies {
                 println!("{l}");
@@ -1001,32 +1000,39 @@ async fn savings_table() -> Vec<(String, u64, u64, u64)> {
 /// commit: a fast provider (free tiers answer in 0.2-30 s).
 const UPSTREAM_MS: u64 = 20;
 
+/// Runs `sessions` lease-worker processes (`arg` names the ledger kind,
+/// `target` the ledger) side by side; every lease latency in ms, sorted.
+fn lease_sessions(me: &str, arg: &str, target: &str, sessions: usize) -> Vec<f64> {
+    let children: Vec<_> = (0..sessions)
+        .map(|_| {
+            std::process::Command::new(me)
+                .args([arg, target, "40", &UPSTREAM_MS.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut all: Vec<f64> = Vec::new();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "a lease worker failed");
+        all.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.parse::<f64>().ok())
+                .map(|us| us / 1000.0),
+        );
+    }
+    all.sort_by(f64::total_cmp);
+    all
+}
+
 /// Lease latency (p50, p99 ms) at 1, 8 and 32 sessions on an empty ledger:
 /// the SQLite file, then PostgreSQL (a server started for the run).
 fn backend_table(me: &str) -> Vec<(usize, [f64; 2], [f64; 2])> {
     let server = pg::Pg::private();
     let run = |arg: &str, target: &str, sessions: usize| -> [f64; 2] {
-        let children: Vec<_> = (0..sessions)
-            .map(|_| {
-                std::process::Command::new(me)
-                    .args([arg, target, "40", &UPSTREAM_MS.to_string()])
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        let mut all: Vec<f64> = Vec::new();
-        for c in children {
-            let o = c.wait_with_output().unwrap();
-            assert!(o.status.success(), "a lease worker failed");
-            all.extend(
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter_map(|l| l.parse::<f64>().ok())
-                    .map(|us| us / 1000.0),
-            );
-        }
-        all.sort_by(f64::total_cmp);
+        let all = lease_sessions(me, arg, target, sessions);
         let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
         [pct(0.50), pct(0.99)]
     };
@@ -1054,32 +1060,12 @@ fn lease_table(me: &str) -> Vec<(u64, usize, f64, f64)> {
             freepool_mcp::testing::seed_ledger(dir.path(), history).unwrap();
         }
         for sessions in [1usize, 8, 32, 64] {
-            let children: Vec<_> = (0..sessions)
-                .map(|_| {
-                    std::process::Command::new(me)
-                        .args([
-                            "--lease-worker",
-                            &dir.path().display().to_string(),
-                            "40",
-                            &UPSTREAM_MS.to_string(),
-                        ])
-                        .stdout(Stdio::piped())
-                        .spawn()
-                        .unwrap()
-                })
-                .collect();
-            let mut all: Vec<f64> = Vec::new();
-            for c in children {
-                let o = c.wait_with_output().unwrap();
-                assert!(o.status.success(), "a lease worker failed");
-                all.extend(
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .filter_map(|l| l.parse::<f64>().ok())
-                        .map(|us| us / 1000.0),
-                );
-            }
-            all.sort_by(f64::total_cmp);
+            let all = lease_sessions(
+                me,
+                "--lease-worker",
+                &dir.path().display().to_string(),
+                sessions,
+            );
             let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
             out.push((history, sessions, pct(0.50), pct(0.99)));
         }

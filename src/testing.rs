@@ -40,6 +40,19 @@ fn catalog(dir: &Path) -> Result<Arc<config::Catalog>, String> {
     Ok(Arc::new(cat))
 }
 
+/// What a served call commits: a request of 320 tokens.
+fn served() -> AttemptRecord {
+    AttemptRecord {
+        reached: true,
+        need: Need::flat(320),
+        ok: true,
+        calibration: None,
+        bench: None,
+        learned: None,
+        gone: None,
+    }
+}
+
 /// Writes `events` past requests spread over the last 30 days into the
 /// ledger in `dir` (the state a month of use leaves behind).
 pub fn seed_ledger(dir: &Path, events: u64) -> Result<(), String> {
@@ -79,17 +92,8 @@ pub fn lease_worker(
             .map_err(|b| format!("refused: {b:?}"))?;
         latencies.push(t0.elapsed().as_micros() as u64);
         std::thread::sleep(upstream);
-        let rec = AttemptRecord {
-            reached: true,
-            need: Need::flat(320),
-            ok: true,
-            calibration: None,
-            bench: None,
-            learned: None,
-            gone: None,
-        };
         store
-            .commit_blocking(&lease, &rec, now())
+            .commit_blocking(&lease, &served(), now())
             .map_err(|e| crate::dispatch::texts::full(&e))?;
     }
     Ok(latencies)
@@ -129,17 +133,8 @@ pub fn lease_worker_pg(
                 .map_err(|b| format!("refused: {b:?}"))?;
             latencies.push(t0.elapsed().as_micros() as u64);
             tokio::time::sleep(upstream).await;
-            let rec = AttemptRecord {
-                reached: true,
-                need: Need::flat(320),
-                ok: true,
-                calibration: None,
-                bench: None,
-                learned: None,
-                gone: None,
-            };
             store
-                .commit(lease, rec, 0)
+                .commit(lease, served(), 0)
                 .await
                 .map_err(|e| crate::dispatch::texts::full(&e))?;
         }

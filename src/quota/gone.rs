@@ -81,6 +81,21 @@ pub(crate) fn entry_mark(provider: &Provider, model: &Model) -> String {
     format!("{h:016x}")
 }
 
+/// Whether `mark` was heard on the catalog entry its model has now among
+/// `providers` (a mark for a provider or model not among them does not apply).
+pub(crate) fn heard_on_current_entry(mark: &GoneMark, providers: &[&Provider]) -> bool {
+    providers
+        .iter()
+        .find(|p| p.id == mark.scope.provider)
+        .and_then(|p| {
+            p.models
+                .iter()
+                .find(|m| Some(&m.id) == mark.scope.model.as_ref())
+                .map(|m| entry_mark(p, m) == mark.entry)
+        })
+        .unwrap_or(false)
+}
+
 /// The words cut to [`WORDS_MAX_CHARS`] characters, on a character boundary.
 fn cut(words: &str) -> String {
     let words = words.trim();

@@ -84,17 +84,13 @@ fn snapshot_of(
         ..Default::default()
     };
     for p in providers.iter().filter_map(|&i| catalog.providers.get(i)) {
-        for m in &p.models {
-            let entry = gone::entry_mark(p, m);
-            snap.gone.extend(
-                state
-                    .gone
-                    .iter()
-                    .filter(|g| g.confirmed && g.entry == entry)
-                    .filter(|g| g.scope.provider == p.id && g.scope.model.as_ref() == Some(&m.id))
-                    .cloned(),
-            );
-        }
+        snap.gone.extend(
+            state
+                .gone
+                .iter()
+                .filter(|g| g.confirmed && gone::heard_on_current_entry(g, &[p]))
+                .cloned(),
+        );
         let events = state.events.iter().map(|e| (e, false));
         let leases = state.leases.iter().map(|(_, e)| (e, true));
         for (e, leased) in events.chain(leases).filter(|(e, _)| e.provider == p.id) {

@@ -441,14 +441,14 @@ async fn add_use<C: GenericClient>(
 async fn settle<C: GenericClient>(
     c: &C,
     cond: &str,
-    arg: &(dyn tokio_postgres::types::ToSql + Sync),
+    args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<u64, tokio_postgres::Error> {
     let rows = c
         .query(
             &format!(
                 "DELETE FROM freepool_leases WHERE {cond} RETURNING provider, model, key_fp, ts, tokens, minute_tokens"
             ),
-            &[arg],
+            args,
         )
         .await?;
     for r in &rows {
@@ -477,21 +477,9 @@ async fn reap<C: GenericClient>(
         .map(|r| r.get(0))
         .collect();
     for pid in pids.into_iter().filter(|p| !process_alive(*p)) {
-        let rows = c
-            .query(
-                "DELETE FROM freepool_leases WHERE host = $1 AND pid = $2 RETURNING provider, model, key_fp, ts, tokens, minute_tokens",
-                &[&host, &pid],
-            )
-            .await?;
-        for r in &rows {
-            let need = Need {
-                tokens: r.get::<_, i64>(4).max(0) as u64,
-                minute_tokens: r.get::<_, i64>(5).max(0) as u64,
-            };
-            add_use(c, (r.get(0), r.get(1), r.get(2)), r.get(3), need, false).await?;
-        }
+        settle(c, "host = $1 AND pid = $2", &[&host, &pid]).await?;
     }
-    settle(c, "expires < $1", &now).await?;
+    settle(c, "expires < $1", &[&now]).await?;
     Ok(())
 }
 
@@ -659,17 +647,7 @@ async fn read_rest<C: GenericClient>(
             confirmed: true,
             words: r.get(6),
         };
-        let Some(p) = providers.iter().find(|p| p.id == mark.scope.provider) else {
-            continue;
-        };
-        let Some(m) = p
-            .models
-            .iter()
-            .find(|m| Some(&m.id) == mark.scope.model.as_ref())
-        else {
-            continue;
-        };
-        if mark.entry == gone::entry_mark(p, m) {
+        if gone::heard_on_current_entry(&mark, providers) {
             snap.gone.push(mark);
         }
     }
@@ -980,7 +958,7 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 let tx = c.transaction().await?;
                 lock_provider(&tx, &lease.provider).await?;
-                settle(&tx, "id = $1", &lease.id).await?;
+                settle(&tx, "id = $1", &[&lease.id]).await?;
                 tx.commit().await
             })
         }))

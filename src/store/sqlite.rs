@@ -1169,17 +1169,7 @@ fn read_gone(
     })?;
     for mark in rows {
         let mark = mark?;
-        let Some(p) = providers.iter().find(|p| p.id == mark.scope.provider) else {
-            continue;
-        };
-        let Some(m) = p
-            .models
-            .iter()
-            .find(|m| Some(&m.id) == mark.scope.model.as_ref())
-        else {
-            continue;
-        };
-        if mark.entry == gone::entry_mark(p, m) {
+        if gone::heard_on_current_entry(&mark, providers) {
             snap.gone.push(mark);
         }
     }

@@ -30,6 +30,34 @@ pub const BUILTIN_CATALOG: &str = include_str!("../../providers.toml");
 
 /// The same catalog as JSON, made by `build.rs`: five times faster to parse at start-up.
 const BUILTIN_CATALOG_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog.json"));
+/// The whole tables of the built-in models kept off as gone (`build.rs`):
+/// `catalog.json` holds only their `gone` line, and a user's file that names
+/// one gets the rest from here.
+const BUILTIN_RETIRED_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/catalog-retired.json"));
+
+/// Puts back the whole built-in table of each retired model for which
+/// `wanted(provider, model)` holds.
+fn restore_retired(doc: &mut CatalogFile, wanted: &dyn Fn(&str, &str) -> bool) {
+    let Ok(retired) = serde_json::from_str::<BTreeMap<String, toml::Table>>(BUILTIN_RETIRED_JSON)
+    else {
+        return;
+    };
+    for (pid, models) in retired {
+        let Some(table) = doc
+            .providers
+            .get_mut(&pid)
+            .and_then(|p| p.get_mut("models"))
+            .and_then(toml::Value::as_table_mut)
+        else {
+            continue;
+        };
+        for (mid, full) in models {
+            if wanted(&pid, &mid) {
+                table.insert(mid, full);
+            }
+        }
+    }
+}
 
 /// Environment variables the program reads, in one place.
 pub mod env {
@@ -736,6 +764,18 @@ fn load_located(
                                 path.display()
                             ));
                         }
+                        // A retired model the user's file names gets its whole
+                        // built-in table first, so an `enabled = true` has
+                        // everything the catalog knew.
+                        let named = |p: &str, m: &str| {
+                            overlay
+                                .providers
+                                .get(p)
+                                .and_then(|v| v.get("models"))
+                                .and_then(|ms| ms.get(m))
+                                .is_some()
+                        };
+                        restore_retired(&mut doc, &named);
                         merge(&mut doc, overlay);
                         user_text = text;
                     }
@@ -1811,7 +1851,19 @@ mod tests {
     fn json_and_toml_forms_of_the_builtin_agree() {
         let (from_toml, problems) = parse_file(BUILTIN_CATALOG, Path::new("t")).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
-        let from_json: CatalogFile = serde_json::from_str(BUILTIN_CATALOG_JSON).unwrap();
+        let mut from_json: CatalogFile = serde_json::from_str(BUILTIN_CATALOG_JSON).unwrap();
+        let stubs = from_json
+            .providers
+            .values()
+            .filter_map(|p| p.get("models").and_then(toml::Value::as_table))
+            .flat_map(|ms| ms.values())
+            .filter(|m| {
+                m.as_table()
+                    .is_some_and(|t| t.len() == 1 && t.contains_key("gone"))
+            })
+            .count();
+        assert!(stubs >= 40, "retired models are stubs in the JSON: {stubs}");
+        restore_retired(&mut from_json, &|_, _| true);
         assert_eq!(from_toml.providers, from_json.providers);
         assert_eq!(from_toml.settings, from_json.settings);
         let ids: Vec<_> = from_json.providers.keys().collect();

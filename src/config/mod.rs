@@ -38,6 +38,21 @@ const BUILTIN_RETIRED_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/catal
 /// Puts back the whole built-in table of each retired model for which
 /// `wanted(provider, model)` holds.
 fn restore_retired(doc: &mut CatalogFile, wanted: &dyn Fn(&str, &str) -> bool) {
+    // Most user files name no retired model: parse the blob only when one does.
+    let any = doc.providers.iter().any(|(pid, p)| {
+        p.get("models")
+            .and_then(toml::Value::as_table)
+            .is_some_and(|ms| {
+                ms.iter().any(|(mid, m)| {
+                    m.as_table()
+                        .is_some_and(|t| t.len() == 1 && t.contains_key("gone"))
+                        && wanted(pid, mid)
+                })
+            })
+    });
+    if !any {
+        return;
+    }
     let Ok(retired) = serde_json::from_str::<BTreeMap<String, toml::Table>>(BUILTIN_RETIRED_JSON)
     else {
         return;

@@ -75,17 +75,18 @@ pub(super) async fn chat_completions(State(state): State<AppState>, body: Bytes)
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_request", &message),
     };
-    // The gate first, so a refused prompt is a 400 even when streaming.
-    let findings = Engine::scan(&req, &[]);
-    if !findings.is_empty() {
-        let e = dispatch::Error::Refused { findings };
-        return error(
-            StatusCode::BAD_REQUEST,
-            "credential_in_prompt",
-            &texts::full(&e),
-        );
-    }
     if asked.stream {
+        // The gate before the 200 goes out, so a refused prompt is still a
+        // 400 (without streaming, `delegate`'s own scan gives the same 400).
+        let findings = Engine::scan(&req, &[]);
+        if !findings.is_empty() {
+            let e = dispatch::Error::Refused { findings };
+            return error(
+                StatusCode::BAD_REQUEST,
+                "credential_in_prompt",
+                &texts::full(&e),
+            );
+        }
         return stream(state, req, asked.include_usage);
     }
     match state.engine.delegate(req, &|_| {}).await {

@@ -43,6 +43,15 @@ fn main() {
         minimal_server();
         return;
     }
+    if args.iter().any(|a| a == "--gate-first-scan") {
+        // The first scan of a fresh process: automata and regexes built then.
+        let text = prompt_like(4096);
+        let t0 = Instant::now();
+        let found = freepool_mcp::gate::scan(&text[..4096]);
+        println!("{:.0}", t0.elapsed().as_secs_f64() * 1e6);
+        assert!(found.is_empty());
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--lease-worker-pg") {
         let upstream = Duration::from_millis(args[i + 3].parse().unwrap());
         print_latencies(freepool_mcp::testing::lease_worker_pg(
@@ -665,38 +674,82 @@ async fn run() {
         Vec::new()
     };
 
-    // 5. The credential gate on code-like text.
+    // 5. The credential gate: code-like and prompt-like text, in-process and
+    //    whole-process (`freepool-mcp scan FILE`), and one 4 KB prompt.
     if want("gate") {
-        let text = code_like(8 * 1024 * 1024);
-        let _ = freepool_mcp::gate::scan(&text[..10_000]);
-        let mut speeds = vec![];
-        for _ in 0..3 {
-            let t0 = Instant::now();
-            let found = freepool_mcp::gate::scan(&text);
-            speeds.push(text.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
-            assert!(
-                found.is_empty(),
-                "false positives in the corpus: {:?}",
-                &found[..found.len().min(3)]
-            );
-        }
-        let mbps = median(speeds);
+        let code = code_like(8 * 1024 * 1024);
+        let prompt = prompt_like(8 * 1024 * 1024);
+        let _ = freepool_mcp::gate::scan(&code[..10_000]);
+        let _ = freepool_mcp::gate::scan(&prompt[..10_000]);
+        let in_process = |text: &str| {
+            let mut speeds = vec![];
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                let found = freepool_mcp::gate::scan(text);
+                speeds.push(text.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
+                assert!(
+                    found.is_empty(),
+                    "false positives in the bench text: {:?}",
+                    &found[..found.len().min(3)]
+                );
+            }
+            median(speeds)
+        };
+        let (code_mbps, prompt_mbps) = (in_process(&code), in_process(&prompt));
         row(
-            "gate throughput on code-like text",
-            format!("{mbps:.0} MB/s"),
+            "gate throughput in-process: prompt-like | code-like",
+            format!("{prompt_mbps:.0} | {code_mbps:.0} MB/s"),
             ">= 100 MB/s",
-            Some(mbps >= 100.0),
+            Some(prompt_mbps >= 100.0 && code_mbps >= 100.0),
         );
-        let one_mb = &text[..1024 * 1024];
-        let mut t = vec![];
-        for _ in 0..5 {
-            let t0 = Instant::now();
-            freepool_mcp::gate::scan(one_mb);
-            t.push(t0.elapsed().as_secs_f64() * 1000.0);
-        }
+        let dir = tempfile::tempdir().unwrap();
+        let whole = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let mut speeds = vec![];
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                let out = std::process::Command::new(BIN)
+                    .arg("scan")
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                speeds.push(text.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "{}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            median(speeds)
+        };
+        let (code_whole, prompt_whole) = (whole("code.txt", &code), whole("prompt.txt", &prompt));
         row(
-            "gate time for a 1 MB prompt",
-            format!("{:.1} ms", median(t)),
+            "gate throughput whole-process (scan 8 MB): prompt-like | code-like",
+            format!("{prompt_whole:.0} | {code_whole:.0} MB/s"),
+            ">= 100 MB/s",
+            Some(prompt_whole >= 100.0 && code_whole >= 100.0),
+        );
+        // A 4 KB prompt: the cost one delegate pays, warm, and the first
+        // scan of a process (the keyword automata built, regexes compiled on use).
+        let four = &prompt[..4096];
+        let mut t = vec![];
+        for _ in 0..200 {
+            let t0 = Instant::now();
+            freepool_mcp::gate::scan(four);
+            t.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        let cold = {
+            let out = std::process::Command::new(me.as_str())
+                .args(["--gate-first-scan"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        row(
+            "gate time for a 4 KB prompt: warm median | first scan in a process",
+            format!("{:.0} µs | {cold} µs", median(t)),
             "-",
             None,
         );
@@ -1071,6 +1124,33 @@ fn lease_table(me: &str) -> Vec<(u64, usize, f64, f64)> {
         }
     }
     out
+}
+
+/// Prompt-like text: what a delegate carries. Prose asking for work, code
+/// and config that read secrets from somewhere else, headers with
+/// placeholders, logs with ids and hashes: the secret-sounding words
+/// everywhere, no secret anywhere.
+fn prompt_like(size: usize) -> String {
+    let blocks = [
+        "Can you refactor the login handler? It reads the password from the form, checks the token against the session store, and issues a new API key when the secret rotates. Keep the auth middleware rejecting expired tokens.\n\n",
+        "Summarize this incident: at 09:14 the token refresh job failed with 401 because the client secret had been rotated in the vault but the deployment still used the old credential. Request id 3f2b9c1e-8a4d-4c7b-9e2f-1a2b3c4d5e6f.\n\n",
+        "```yaml\nservices:\n  api:\n    image: ghcr.io/acme/api:1.4.2\n    environment:\n      DATABASE_URL: postgres://app:${DB_PASSWORD}@db:5432/app\n      API_KEY: ${API_KEY}\n      JWT_SECRET: ${JWT_SECRET}\n```\n",
+        "```python\ndef get_client():\n    api_key = os.environ[\"PAYMENTS_API_KEY\"]\n    token = auth.fetch_token(client_id=CLIENT_ID, client_secret=settings.CLIENT_SECRET)\n    return Client(api_key=api_key, token=token, timeout=30)\n```\n",
+        "curl -s https://api.acme.io/v1/orders -H \"Authorization: Bearer $ACCESS_TOKEN\" -H \"X-API-Key: ${API_KEY}\" | jq '.items[] | {id, total}'\n",
+        "Convert this .env.example to a TOML config:\nSECRET_KEY=change-me\nDB_PASSWORD=your-password-here\nSTRIPE_KEY=sk_test_...\nREDIS_URL=redis://localhost:6379/0\n\n",
+        "fn sign(secret: &[u8], payload: &str) -> String {\n    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);\n    let tag = hmac::sign(&key, payload.as_bytes());\n    hex::encode(tag.as_ref())\n}\n",
+        "The password policy needs at least 12 characters; tokens expire after 3600 seconds and the refresh token after 30 days. max_tokens is 4096 and the prompt used 1,832 input tokens.\n",
+        "2026-11-30T09:14:02Z ERROR auth: token validation failed key_id=k-2026-11 kid=\"a1b2\" sha256=9f86d081884c7d659a2feaea0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a0 user=42\n",
+        "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: app\n    env:\n    - name: API_TOKEN\n      valueFrom:\n        secretKeyRef:\n          name: app-secrets\n          key: api-token\n",
+        "Write tests for `rotate_key(old_key, new_key)`: the secret store must keep both keys valid for an hour, and the audit log must record the key id, never the key.\n\n",
+    ];
+    let mut s = String::with_capacity(size + 1024);
+    let mut i = 0;
+    while s.len() < size {
+        s.push_str(blocks[i % blocks.len()]);
+        i += 1;
+    }
+    s
 }
 
 /// Code-like text with the words that wake the gate's generic rules, and no secrets.

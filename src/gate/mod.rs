@@ -10,14 +10,23 @@
 //! Invariant: a `Finding` never holds the secret. It names the rule, the
 //! line and column, and a mask that shows at most a known literal prefix.
 
+mod generic;
 mod injection;
+mod rules;
+mod values;
 
 use std::sync::OnceLock;
 
 pub(crate) use injection::{Flag, flags as injection_flags};
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::Regex;
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use regex::bytes::{Regex, RegexBuilder};
+
+use rules::{Check, How, RULES, RuleDef};
+use values::{
+    is_placeholder, is_public_value, is_seed_phrase, is_user_pass_pair, looks_like_password,
+    looks_random, public_name, says_not_real,
+};
 
 /// One secret found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,576 +53,83 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// What a match must also satisfy.
-#[derive(Clone, Copy)]
-enum Check {
-    /// The pattern is specific enough.
-    Exact,
-    /// The value must look random (generic assignments and headers).
-    Random,
-}
-
-struct RuleDef {
-    id: &'static str,
-    kind: &'static str,
-    /// Lower-case keywords; the rule runs only if one occurs (case-insensitive).
-    keywords: &'static [&'static str],
-    pattern: &'static str,
-    /// Characters of the value that are a fixed, public prefix (shown in the mask).
-    prefix: usize,
-    check: Check,
-}
-
-const fn rule(
-    id: &'static str,
-    kind: &'static str,
-    keywords: &'static [&'static str],
-    pattern: &'static str,
-    prefix: usize,
-) -> RuleDef {
-    RuleDef {
-        id,
-        kind,
-        keywords,
-        pattern,
-        prefix,
-        check: Check::Exact,
-    }
-}
-
-const fn random(
-    id: &'static str,
-    kind: &'static str,
-    keywords: &'static [&'static str],
-    pattern: &'static str,
-) -> RuleDef {
-    RuleDef {
-        id,
-        kind,
-        keywords,
-        pattern,
-        prefix: 0,
-        check: Check::Random,
-    }
-}
-
-/// Every rule. A capture group named `v` marks the secret; otherwise the whole match.
-const RULES: &[RuleDef] = &[
-    // LLM providers: the keys a Claude Code user actually holds.
-    rule(
-        "anthropic-api-key",
-        "Anthropic API key",
-        &["sk-ant-"],
-        r"\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_\-]{40,}",
-        7,
-    ),
-    rule(
-        "claude-oauth-token",
-        "Claude OAuth token",
-        &["sk-ant-"],
-        r"\bsk-ant-(?:oat|ort)\d{2}-[A-Za-z0-9_\-]{40,}",
-        7,
-    ),
-    rule(
-        "openai-project-key",
-        "OpenAI project/service key",
-        &["sk-proj-", "sk-svcacct-", "sk-admin-"],
-        r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}",
-        8,
-    ),
-    rule(
-        "openai-legacy-key",
-        "OpenAI API key",
-        &["t3blbkfj"],
-        r"\bsk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}\b",
-        3,
-    ),
-    rule(
-        "openai-style-key",
-        "OpenAI-style API key (sk-)",
-        &["sk-"],
-        r"\bsk-(?:[A-Za-z0-9]{48}|[a-f0-9]{32})\b",
-        3,
-    ),
-    rule(
-        "openrouter-key",
-        "OpenRouter API key",
-        &["sk-or-"],
-        r"\bsk-or-v1-[a-f0-9]{64}\b",
-        9,
-    ),
-    rule(
-        "groq-key",
-        "Groq API key",
-        &["gsk_"],
-        r"\bgsk_[A-Za-z0-9]{48,}\b",
-        4,
-    ),
-    rule(
-        "cerebras-key",
-        "Cerebras API key",
-        &["csk-"],
-        r"\bcsk-[a-z0-9]{40,}\b",
-        4,
-    ),
-    rule(
-        "nvidia-key",
-        "NVIDIA API key",
-        &["nvapi-"],
-        r"\bnvapi-[A-Za-z0-9_\-]{60,}",
-        6,
-    ),
-    rule(
-        "xai-key",
-        "xAI API key",
-        &["xai-"],
-        r"\bxai-[A-Za-z0-9]{70,}\b",
-        4,
-    ),
-    rule(
-        "huggingface-token",
-        "Hugging Face token",
-        &["hf_"],
-        r"\bhf_[A-Za-z0-9]{34,}\b",
-        3,
-    ),
-    rule(
-        "google-api-key",
-        "Google API key",
-        &["aiza"],
-        r"\bAIza[0-9A-Za-z_\-]{35}\b",
-        4,
-    ),
-    rule(
-        "perplexity-key",
-        "Perplexity API key",
-        &["pplx-"],
-        r"\bpplx-[A-Za-z0-9]{48}\b",
-        5,
-    ),
-    rule(
-        "replicate-token",
-        "Replicate API token",
-        &["r8_"],
-        r"\br8_[A-Za-z0-9]{37}\b",
-        3,
-    ),
-    rule(
-        "mistral-key",
-        "Mistral API key",
-        &["mistral"],
-        r"(?i)mistral[\w\-]*\s*[:=]\s*['\x22]?(?P<v>[A-Za-z0-9]{32})\b",
-        0,
-    ),
-    rule(
-        "cohere-key",
-        "Cohere API key",
-        &["cohere", "co_api"],
-        r"(?i)(?:cohere|co)[\w\-]*(?:key|token)['\x22]?\s*[:=]\s*['\x22]?(?P<v>[A-Za-z0-9]{40})\b",
-        0,
-    ),
-    // Cloud.
-    rule(
-        "aws-access-key-id",
-        "AWS access key id",
-        &["akia", "asia", "abia", "acca"],
-        r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
-        4,
-    ),
-    rule(
-        "aws-secret-key",
-        "AWS secret access key",
-        &["aws"],
-        r"(?i)aws[\w\-.]{0,20}?(?:secret|access)[\w\-.]{0,20}?['\x22]?\s*[:=]\s*['\x22]?(?P<v>[A-Za-z0-9/+=]{40})(?:[^A-Za-z0-9/+=]|$)",
-        0,
-    ),
-    rule(
-        "aws-session-token",
-        "AWS session token",
-        &["session"],
-        r"(?i)aws[\w\-.]{0,10}session[\w\-.]{0,10}token['\x22]?\s*[:=]\s*['\x22]?(?P<v>[A-Za-z0-9/+=]{100,})",
-        0,
-    ),
-    rule(
-        "gcp-service-account",
-        "GCP service-account key",
-        &["private_key_id"],
-        r#""private_key_id"\s*:\s*"(?P<v>[a-f0-9]{40})""#,
-        0,
-    ),
-    rule(
-        "azure-storage-key",
-        "Azure storage connection string",
-        &["accountkey="],
-        r"AccountKey=(?P<v>[A-Za-z0-9+/=]{60,})",
-        0,
-    ),
-    rule(
-        "azure-client-secret",
-        "Azure client secret",
-        &["q~"],
-        r"\b(?P<v>[A-Za-z0-9_~.\-]{3}\dQ~[A-Za-z0-9_~.\-]{31,34})(?:[^A-Za-z0-9_~.\-]|$)",
-        0,
-    ),
-    rule(
-        "azure-sas-token",
-        "Azure SAS signature",
-        &["sig="],
-        r"[?&]sv=\d{4}-\d{2}-\d{2}&[^\s'\x22]*?sig=(?P<v>[A-Za-z0-9%+/=]{40,})",
-        0,
-    ),
-    // Code hosts and registries.
-    rule(
-        "github-token",
-        "GitHub token",
-        &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"],
-        r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
-        4,
-    ),
-    rule(
-        "github-fine-grained-token",
-        "GitHub fine-grained token",
-        &["github_pat_"],
-        r"\bgithub_pat_[A-Za-z0-9_]{80,}\b",
-        11,
-    ),
-    rule(
-        "gitlab-token",
-        "GitLab token",
-        &["glpat-", "gldt-", "glrt-", "glptt-", "glsoat-"],
-        r"\bgl(?:pat|dt|rt|ptt|soat)-[A-Za-z0-9_\-]{20,}",
-        6,
-    ),
-    rule(
-        "npm-token",
-        "npm access token",
-        &["npm_"],
-        r"\bnpm_[A-Za-z0-9]{36}\b",
-        4,
-    ),
-    rule(
-        "pypi-token",
-        "PyPI upload token",
-        &["pypi-ageichlwas5vcmc"],
-        r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,}",
-        5,
-    ),
-    rule(
-        "dockerhub-token",
-        "Docker Hub access token",
-        &["dckr_pat_"],
-        r"\bdckr_pat_[A-Za-z0-9_\-]{27,}",
-        9,
-    ),
-    // Payments.
-    rule(
-        "stripe-live-key",
-        "Stripe live secret/restricted key",
-        &["sk_live_", "rk_live_"],
-        r"\b[sr]k_live_[A-Za-z0-9]{24,}\b",
-        8,
-    ),
-    rule(
-        "stripe-webhook-secret",
-        "Stripe webhook secret",
-        &["whsec_"],
-        r"\bwhsec_[A-Za-z0-9]{32,}\b",
-        6,
-    ),
-    // Chat.
-    rule(
-        "slack-token",
-        "Slack token",
-        &["xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-", "xoxe"],
-        r"\bxox(?:[abprs]|e(?:\.xox[bp])?)-[A-Za-z0-9\-]{10,}",
-        5,
-    ),
-    rule(
-        "slack-app-token",
-        "Slack app-level token",
-        &["xapp-"],
-        r"\bxapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{20,}",
-        5,
-    ),
-    rule(
-        "slack-webhook",
-        "Slack incoming webhook",
-        &["hooks.slack.com"],
-        r"https://hooks\.slack\.com/(?:services|workflows)/T[A-Z0-9]+/[A-Z0-9]+/[A-Za-z0-9]{20,}",
-        0,
-    ),
-    rule(
-        "discord-bot-token",
-        "Discord bot token",
-        &["."],
-        r"\b[MNO][A-Za-z\d_\-]{23,25}\.[\w\-]{6}\.[\w\-]{27,38}\b",
-        0,
-    ),
-    rule(
-        "discord-webhook",
-        "Discord webhook",
-        &["discord"],
-        r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[\w\-]{60,}",
-        0,
-    ),
-    rule(
-        "telegram-bot-token",
-        "Telegram bot token",
-        &[":aa"],
-        r"\b\d{8,10}:AA[A-Za-z0-9_\-]{33}\b",
-        0,
-    ),
-    // SaaS.
-    rule(
-        "sendgrid-key",
-        "SendGrid API key",
-        &["sg."],
-        r"\bSG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}\b",
-        3,
-    ),
-    rule(
-        "twilio-api-key",
-        "Twilio API key",
-        &["sk"],
-        r"\bSK[0-9a-f]{32}\b",
-        2,
-    ),
-    rule(
-        "twilio-auth-token",
-        "Twilio auth token",
-        &["twilio"],
-        r"(?i)twilio[\w\-.]{0,20}?(?:token|secret)['\x22]?\s*[:=]\s*['\x22]?(?P<v>[a-f0-9]{32})\b",
-        0,
-    ),
-    rule(
-        "mailgun-key",
-        "Mailgun API key",
-        &["key-"],
-        r"\bkey-[0-9a-f]{32}\b",
-        4,
-    ),
-    rule(
-        "shopify-token",
-        "Shopify access token",
-        &["shpat_", "shpca_", "shppa_", "shpss_"],
-        r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b",
-        6,
-    ),
-    rule(
-        "linear-key",
-        "Linear API key",
-        &["lin_api_"],
-        r"\blin_api_[A-Za-z0-9]{40}\b",
-        8,
-    ),
-    rule(
-        "notion-token",
-        "Notion integration token",
-        &["secret_", "ntn_"],
-        r"\b(?:secret_[A-Za-z0-9]{43}|ntn_[A-Za-z0-9]{40,})\b",
-        4,
-    ),
-    rule(
-        "vault-token",
-        "HashiCorp Vault token",
-        &["hvs.", "hvb."],
-        r"\bhv[sb]\.[A-Za-z0-9_\-]{24,}",
-        4,
-    ),
-    rule(
-        "terraform-cloud-token",
-        "Terraform Cloud token",
-        &["atlasv1"],
-        r"\b[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_\-=]{60,}",
-        0,
-    ),
-    rule(
-        "digitalocean-token",
-        "DigitalOcean token",
-        &["dop_v1_", "doo_v1_", "dor_v1_"],
-        r"\bdo[opr]_v1_[a-f0-9]{64}\b",
-        7,
-    ),
-    rule(
-        "databricks-token",
-        "Databricks token",
-        &["dapi"],
-        r"\bdapi[a-f0-9]{32}(?:-\d)?\b",
-        4,
-    ),
-    rule(
-        "atlassian-token",
-        "Atlassian API token",
-        &["atatt3"],
-        r"\bATATT3[A-Za-z0-9_\-=]{180,}",
-        6,
-    ),
-    rule(
-        "sentry-token",
-        "Sentry auth token",
-        &["sntrys_", "sntryu_"],
-        r"\bsntry[su]_[A-Za-z0-9+/=_]{60,}",
-        7,
-    ),
-    rule(
-        "postman-key",
-        "Postman API key",
-        &["pmak-"],
-        r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b",
-        5,
-    ),
-    rule(
-        "newrelic-key",
-        "New Relic user key",
-        &["nrak-"],
-        r"\bNRAK-[A-Z0-9]{27}\b",
-        5,
-    ),
-    rule(
-        "grafana-token",
-        "Grafana token",
-        &["glc_", "glsa_"],
-        r"\b(?:glc_[A-Za-z0-9+/]{32,}={0,2}|glsa_[A-Za-z0-9]{32}_[a-f0-9]{8})",
-        4,
-    ),
-    rule(
-        "doppler-token",
-        "Doppler token",
-        &["dp.pt."],
-        r"\bdp\.pt\.[A-Za-z0-9]{43}\b",
-        6,
-    ),
-    rule(
-        "supabase-token",
-        "Supabase access token",
-        &["sbp_"],
-        r"\bsbp_[a-f0-9]{40}\b",
-        4,
-    ),
-    rule(
-        "cloudflare-token",
-        "Cloudflare API token",
-        &["cloudflare", "cf_api", "cf-api"],
-        r"(?i)(?:cloudflare|cf)[_\-]?(?:api)?[_\-]?(?:token|key)['\x22]?\s*[:=]\s*['\x22]?(?P<v>[A-Za-z0-9_\-]{37,40})\b",
-        0,
-    ),
-    // Private keys.
-    rule(
-        "private-key",
-        "PEM private key",
-        &["private key-----"],
-        r"-----BEGIN (?:RSA |EC |DSA |ENCRYPTED |)PRIVATE KEY-----",
-        0,
-    ),
-    rule(
-        "openssh-private-key",
-        "OpenSSH private key",
-        &["openssh private key"],
-        r"-----BEGIN OPENSSH PRIVATE KEY-----",
-        0,
-    ),
-    rule(
-        "pgp-private-key",
-        "PGP private key block",
-        &["pgp private key"],
-        r"-----BEGIN PGP PRIVATE KEY BLOCK-----",
-        0,
-    ),
-    rule(
-        "putty-private-key",
-        "PuTTY private key",
-        &["putty-user-key-file-"],
-        r"PuTTY-User-Key-File-\d: ",
-        0,
-    ),
-    rule(
-        "age-secret-key",
-        "age secret key",
-        &["age-secret-key-1"],
-        r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b",
-        15,
-    ),
-    // Tokens by shape.
-    rule(
-        "jwt",
-        "JSON Web Token",
-        &["eyj"],
-        r"\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}",
-        3,
-    ),
-    // Passwords in URLs and connection strings.
-    rule(
-        "password-in-url",
-        "password in a URL",
-        &["://"],
-        r"\b[a-zA-Z][a-zA-Z0-9+.\-]{1,20}://[^/\s:@'\x22]{1,64}:(?P<v>[^/\s:@'\x22]{3,128})@[A-Za-z0-9.\-\[\]]+",
-        0,
-    ),
-    random(
-        "connection-string-password",
-        "password in a connection string",
-        &["password=", "pwd="],
-        r"(?i)(?:^|[;\s'\x22])(?:password|pwd)=(?P<v>[^;'\x22\s]{6,})",
-    ),
-    random(
-        "authorization-header",
-        "Authorization header credential",
-        &["authorization", "bearer", "x-api-key", "api-key:"],
-        r"(?i)(?:authorization['\x22]?\s*[:=]\s*['\x22]?(?:bearer|basic|token)\s+|\bbearer\s+|x-api-key['\x22]?\s*[:=]\s*['\x22]?|\bapi-key:\s*)(?P<v>[A-Za-z0-9._~+/=\-]{16,})",
-    ),
-    random(
-        "generic-secret-assignment",
-        "secret assigned in code or config",
-        &[
-            "key",
-            "secret",
-            "token",
-            "passw",
-            "pwd",
-            "credential",
-            "auth",
-        ],
-        r"(?i)(?:^|[^A-Za-z0-9])(?:[A-Za-z0-9]+[_\-.])*(?:api[_\-.]?key|apikey|secret|token|passwd|password|pwd|access[_\-.]?key|private[_\-.]?key|auth[_\-.]?key|credentials?)(?:[_\-.][A-Za-z0-9]+)*['\x22]?\s*(?::=|=>|[:=])\s*(?:[A-Za-z]+\()?['\x22`]?(?P<v>[^\s'\x22`,;)\]}]{8,})",
-    ),
-];
+const KEYWORD_BYTES: usize = 8;
 
 struct Scanner {
-    prefilter: AhoCorasick,
-    /// keyword index -> rule indexes
-    keyword_rules: Vec<Vec<usize>>,
-    regexes: Vec<Regex>,
+    /// Every keyword, any case, in one automaton: one pass over the text.
+    automaton: AhoCorasick,
+    /// pattern index -> (rule, the exact form when the keyword is a
+    /// case-sensitive token prefix like `ghp_` or `AKIA`)
+    rules: Vec<Vec<(usize, Option<&'static str>)>>,
+    /// Compiled on first use: a text that wakes no rule pays for none.
+    regexes: Vec<OnceLock<Regex>>,
 }
 
 fn scanner() -> &'static Scanner {
     static SCANNER: OnceLock<Scanner> = OnceLock::new();
     SCANNER.get_or_init(|| {
-        let mut keywords = Vec::new();
-        let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        let mut keywords: Vec<String> = Vec::new();
+        let mut rules: Vec<Vec<(usize, Option<&'static str>)>> = Vec::new();
         for (i, r) in RULES.iter().enumerate() {
             for k in r.keywords {
-                if let Some(j) = keywords.iter().position(|x| x == k) {
-                    keyword_rules[j].push(i);
+                // Eight bytes say enough to wake a rule, whose regex says the
+                // rest; short keywords keep the automaton small and in cache.
+                let k = &k[..k.len().min(KEYWORD_BYTES)];
+                let entry = (i, (!r.fold).then_some(k));
+                let lower = k.to_ascii_lowercase();
+                if let Some(j) = keywords.iter().position(|x| *x == lower) {
+                    if !rules[j].contains(&entry) {
+                        rules[j].push(entry);
+                    }
                 } else {
-                    keywords.push(*k);
-                    keyword_rules.push(vec![i]);
+                    keywords.push(lower);
+                    rules.push(vec![entry]);
                 }
             }
         }
-        let prefilter = AhoCorasickBuilder::new()
+        // Matches do not overlap, so a keyword also wakes the rules of every
+        // keyword inside it (`sk-ant-` those of `sk-`); an exact form then
+        // is looked for inside the match.
+        let own = rules.clone();
+        for (j, k) in keywords.iter().enumerate() {
+            for (i, other) in keywords.iter().enumerate() {
+                if i != j && k.contains(other.as_str()) {
+                    for e in &own[i] {
+                        if !rules[j].contains(e) {
+                            rules[j].push(*e);
+                        }
+                    }
+                }
+            }
+        }
+        let automaton = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
+            .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(AhoCorasickKind::DFA))
             .build(&keywords)
             .expect("static keywords build");
-        let regexes = RULES
-            .iter()
-            .map(|r| Regex::new(r.pattern).expect("static rule regex"))
-            .collect();
         Scanner {
-            prefilter,
-            keyword_rules,
-            regexes,
+            automaton,
+            rules,
+            regexes: RULES.iter().map(|_| OnceLock::new()).collect(),
         }
     })
+}
+
+fn regex_of<'a>(s: &'a Scanner, r: usize, pattern: &str) -> &'a Regex {
+    // ASCII classes: the shapes are ASCII, and Unicode `\w` or `(?i)` would
+    // make each regex many times larger to build and to run.
+    s.regexes[r].get_or_init(|| {
+        RegexBuilder::new(pattern)
+            .unicode(false)
+            .build()
+            .expect("static rule regex")
+    })
+}
+
+/// Each rule's id and kind, in priority order.
+pub fn kinds() -> impl Iterator<Item = (&'static str, &'static str)> {
+    RULES.iter().map(|r| (r.id, r.kind))
 }
 
 /// Number of secret kinds the gate knows.
@@ -729,44 +245,167 @@ pub(crate) fn redactions(text: &str) -> Vec<Redaction> {
     out
 }
 
+/// How far around a keyword a rule's regex looks: its line, at most this far.
+const BEFORE: usize = 512;
+const AFTER: usize = 2048;
+
 /// Where the secrets are: (start, end, rule), in text order, never overlapping.
+///
+/// One pass of the keyword automaton; each hit runs only its own rules, and
+/// only over the hit's line (regex rules, once per line and rule) or from the
+/// hit itself (the assignment reader). Overlaps go to the earlier rule.
 fn spans(text: &str) -> Vec<(usize, usize, usize)> {
     let s = scanner();
-    let mut active = vec![false; RULES.len()];
-    let mut left = RULES.len();
-    for m in s.prefilter.find_overlapping_iter(text) {
-        for &r in &s.keyword_rules[m.pattern().as_usize()] {
-            if !active[r] {
-                active[r] = true;
-                left -= 1;
+    let mut done = vec![0usize; RULES.len()];
+    let mut found: Vec<(usize, usize, usize)> = Vec::new(); // (rule, start, end)
+    // Shapes a rule matched and then judged not a secret (a stand-in
+    // password, a documented example): later rules may not claim them.
+    let mut vetoed: Vec<(usize, usize, usize)> = Vec::new();
+    for m in s.automaton.find_iter(text) {
+        let (hs, he) = (m.start(), m.end());
+        for &(r, exact) in &s.rules[m.pattern().as_usize()] {
+            if let Some(form) = exact
+                && !text[hs..he].contains(form)
+            {
+                continue;
             }
-        }
-        if left == 0 {
-            break;
+            run(text, s, r, (hs, he), &mut done, &mut found, &mut vetoed);
         }
     }
-    let mut spans: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, rule)
-    for (i, rule) in RULES.iter().enumerate().filter(|(i, _)| active[*i]) {
-        for caps in s.regexes[i].captures_iter(text) {
-            let m = caps
-                .name("v")
-                .unwrap_or_else(|| caps.get(0).expect("group 0"));
-            let value = m.as_str();
-            if is_placeholder(value, matches!(rule.check, Check::Exact)) {
-                continue;
-            }
-            if matches!(rule.check, Check::Random) && !looks_random(value) {
-                continue;
-            }
-            // A specific rule already covering this span wins over generic ones.
-            if spans.iter().any(|&(a, b, _)| a < m.end() && m.start() < b) {
-                continue;
-            }
-            spans.push((m.start(), m.end(), i));
+    for (a, b, family, provider) in generic::assignments(text) {
+        if let Some(r) = RULES.iter().position(|r| match r.how {
+            How::Provider => provider,
+            How::Assign(f) => f == family,
+            How::Regex(_) => false,
+        }) {
+            found.push((r, a, b));
         }
+    }
+    found.sort_unstable();
+    found.dedup();
+    let mut spans: Vec<(usize, usize, usize)> = Vec::with_capacity(found.len());
+    for (r, a, b) in found {
+        // An earlier (more specific) rule already covering this span wins,
+        // and one that judged it harmless keeps later ones off it.
+        if spans.iter().any(|&(x, y, _)| x < b && a < y)
+            || vetoed.iter().any(|&(v, x, y)| v < r && x < b && a < y)
+        {
+            continue;
+        }
+        spans.push((a, b, r));
     }
     spans.sort_unstable();
     spans
+}
+
+/// Runs rule `r` for a keyword hit at `hs..he`.
+fn run(
+    text: &str,
+    s: &Scanner,
+    r: usize,
+    (hs, he): (usize, usize),
+    done: &mut [usize],
+    found: &mut Vec<(usize, usize, usize)>,
+    vetoed: &mut Vec<(usize, usize, usize)>,
+) {
+    let rule = &RULES[r];
+    match rule.how {
+        How::Assign(_) | How::Provider => {}
+        How::Regex(pattern) => {
+            if hs < done[r] {
+                return;
+            }
+            let (ws, we) = window(text, hs, he);
+            done[r] = we;
+            let re = regex_of(s, r, pattern);
+            let hay = &text.as_bytes()[ws..we];
+            let mut judge = |a: usize, b: usize| {
+                if !text.is_char_boundary(ws + a) || !text.is_char_boundary(ws + b) {
+                    return;
+                }
+                match accept(text, rule, ws + a, ws + b) {
+                    Verdict::Secret => found.push((r, ws + a, ws + b)),
+                    Verdict::Harmless => vetoed.push((r, ws + a, ws + b)),
+                    Verdict::SaysNotReal => {}
+                }
+            };
+            if re.captures_len() == 1 {
+                for m in re.find_iter(hay) {
+                    judge(m.start(), m.end());
+                }
+            } else {
+                for caps in re.captures_iter(hay) {
+                    if let Some(m) = ["v", "q", "d"]
+                        .iter()
+                        .find_map(|g| caps.name(g))
+                        .or_else(|| caps.get(0))
+                    {
+                        judge(m.start(), m.end());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The hit's line, cut to `BEFORE` and `AFTER` bytes around it.
+fn window(text: &str, hs: usize, he: usize) -> (usize, usize) {
+    let b = text.as_bytes();
+    let lo = hs.saturating_sub(BEFORE);
+    let ws = memchr::memrchr(b'\n', &b[lo..hs]).map_or(lo, |i| lo + i + 1);
+    let hi = (he + AFTER).min(b.len());
+    let we = memchr::memchr(b'\n', &b[he..hi]).map_or(hi, |i| he + i);
+    (floor_char(text, ws), floor_char(text, we))
+}
+
+fn floor_char(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+enum Verdict {
+    Secret,
+    /// The value is a placeholder, a stand-in or public.
+    Harmless,
+    /// Its line says it is not real (a test fixture).
+    SaysNotReal,
+}
+
+/// Whether a regex match is a secret by its rule's check and its line.
+fn accept(text: &str, rule: &RuleDef, start: usize, end: usize) -> Verdict {
+    let value = &text[start..end];
+    let ok = match rule.check {
+        Check::Exact => !is_placeholder(value, true),
+        Check::Random => !is_placeholder(value, false) && looks_random(value),
+        Check::Password => looks_like_password(value, true),
+        Check::UserPass => is_user_pass_pair(value),
+        Check::Seed => is_seed_phrase(value),
+    };
+    let ls = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    if !ok || is_public_value(value) || assigned_name(&text[ls..start]).is_some_and(public_name) {
+        return Verdict::Harmless;
+    }
+    let le = text[end..].find('\n').map_or(text.len(), |i| end + i);
+    if says_not_real(&text[ls..le], start - ls, end - ls) {
+        Verdict::SaysNotReal
+    } else {
+        Verdict::Secret
+    }
+}
+
+/// The name a value is assigned to, read backwards from the value.
+fn assigned_name(before: &str) -> Option<&str> {
+    let t = before.trim_end_matches(['\'', '"', '`', ' ']);
+    let t2 = t.trim_end_matches(['=', ':', '>', ' ', '\'', '"']);
+    if t2.len() == t.len() {
+        return None;
+    }
+    let start = t2
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+        .map_or(0, |i| i + 1);
+    Some(&t2[start..])
 }
 
 /// The findings of spans: rule, line, column and a mask.
@@ -799,122 +438,6 @@ fn findings(text: &str, spans: &[(usize, usize, usize)]) -> Vec<Finding> {
 fn mask(value: &str, prefix: usize) -> String {
     let shown: String = value.chars().take(prefix.min(12)).collect();
     format!("{shown}…[{} chars]", value.chars().count())
-}
-
-/// Placeholders and references, not secrets.
-///
-/// `strict` is for rules whose shape is specific (a `ghp_` token): only
-/// markers a random token cannot plausibly contain count there (six letters or
-/// more, or punctuation). Four-letter words like `todo` turn up by chance in
-/// about one random 36-character token in 30,000, so only generic
-/// assignments, which need more care against prose and code, use them.
-fn is_placeholder(v: &str, strict: bool) -> bool {
-    let l = v.to_lowercase();
-    const STRONG: &[&str] = &[
-        "xxxxxx",
-        "example",
-        "placeholder",
-        "redacted",
-        "changeme",
-        "change_me",
-        "sample",
-        "<",
-        ">",
-        "${",
-        "{{",
-        "$(",
-        "...",
-        "…",
-        "****",
-        "insert",
-        "replace",
-        "abcdefgh",
-        "12345678",
-        "process.env",
-        "os.environ",
-        "getenv",
-        "env[",
-        "env.",
-        "secrets.",
-        "your_",
-        "your-",
-        "_here",
-        "-here",
-    ];
-    const WEAK: &[&str] = &["your", "xxxx", "dummy", "todo", "fake"];
-    if STRONG.iter().any(|m| l.contains(m)) || (!strict && WEAK.iter().any(|m| l.contains(m))) {
-        return true;
-    }
-    let mut chars = v.chars().filter(char::is_ascii_alphanumeric);
-    if let Some(first) = chars.next()
-        && chars.all(|c| c == first)
-    {
-        return true;
-    }
-    false
-}
-
-/// Shannon entropy in bits per character.
-fn entropy(v: &str) -> f64 {
-    let mut counts = [0u32; 256];
-    for b in v.bytes() {
-        counts[b as usize] += 1;
-    }
-    let n = v.len() as f64;
-    counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = f64::from(c) / n;
-            -p * p.log2()
-        })
-        .sum()
-}
-
-/// Whether a generic value is random enough to be a real secret rather than
-/// an identifier, a reference, a hash, a UUID or a word.
-fn looks_random(v: &str) -> bool {
-    let v = v.trim_end_matches(['.', ':']);
-    // Code, not a value: a call or an index expression.
-    if v.len() < 10 || v.len() > 512 || v.contains('(') || v.contains('[') {
-        return false;
-    }
-    let lower = v.chars().any(|c| c.is_ascii_lowercase());
-    let upper = v.chars().any(|c| c.is_ascii_uppercase());
-    let digit = v.chars().any(|c| c.is_ascii_digit());
-    let symbol = v.chars().any(|c| !c.is_ascii_alphanumeric());
-    let classes = [lower, upper, digit, symbol].iter().filter(|&&x| x).count();
-    if classes < 2 {
-        return false;
-    }
-    static SHAPES: OnceLock<Vec<Regex>> = OnceLock::new();
-    let shapes = SHAPES.get_or_init(|| {
-        [
-            // UUIDs.
-            r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-            // Git SHAs and SHA-256 digests.
-            r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$",
-            // Hash-prefixed digests (lockfiles, SRI).
-            r"^(?:sha\d{1,3}|md5)[-:]",
-            // Identifiers, dotted paths, calls and env-var names: references, not values.
-            r"^[A-Za-z_$][A-Za-z0-9_$]*(?:(?:\.|::|->)[A-Za-z_$][A-Za-z0-9_$]*)*(?:\(\)?)?$",
-            // File paths and URLs without credentials.
-            r"^(?:\.{0,2}/|~/|[a-z]+://)[^@]*$",
-            // Data URIs.
-            r"^data:",
-        ]
-        .iter()
-        .map(|p| Regex::new(p).expect("static shape"))
-        .collect()
-    });
-    if shapes.iter().any(|re| re.is_match(v)) {
-        // An identifier still counts when it mixes digits through it like a key does.
-        let is_ident = shapes[3].is_match(v);
-        if !(is_ident && digit && (upper && lower) && entropy(v) >= 4.0 && !v.contains('.')) {
-            return false;
-        }
-    }
-    entropy(v) >= 3.0
 }
 
 #[cfg(test)]
@@ -1124,7 +647,7 @@ mod tests {
             &format!("eyJ{}.eyJ{}.{}", r("", 20), r("", 30), r("", 43)),
         );
         hit(
-            "password-in-url",
+            "postgres-url",
             "postgres://admin:Tr0ub4dor&3x@db.internal:5432/app",
         );
         hit(
@@ -1136,7 +659,7 @@ mod tests {
             &format!("Authorization: Bearer {}", r("", 40)),
         );
         hit(
-            "authorization-header",
+            "api-key-header",
             &format!("curl -H 'x-api-key: {}'", r("", 40)),
         );
     }
@@ -1144,34 +667,19 @@ mod tests {
     #[test]
     fn generic_assignments_in_every_syntax() {
         let v = r("", 32);
-        hit("generic-secret-assignment", &format!("API_KEY={v}"));
-        hit(
-            "generic-secret-assignment",
-            &format!("export MY_SERVICE_TOKEN=\"{v}\""),
-        );
-        hit(
-            "generic-secret-assignment",
-            &format!("  client_secret: {v}"),
-        );
-        hit(
-            "generic-secret-assignment",
-            &format!("{{\"apiKey\": \"{v}\"}}"),
-        );
-        hit(
-            "generic-secret-assignment",
-            &format!("const password = '{}';", "hX7#pQ2vL9!m"),
-        );
-        hit(
-            "generic-secret-assignment",
-            &format!("db.password := \"{v}\""),
-        );
+        hit("generic-api-key", &format!("API_KEY={v}"));
+        hit("generic-token", &format!("export MY_SERVICE_TOKEN=\"{v}\""));
+        hit("generic-secret", &format!("  client_secret: {v}"));
+        hit("generic-api-key", &format!("{{\"apiKey\": \"{v}\"}}"));
+        hit("generic-password", "const password = 'hX7#pQ2vL9!m';");
+        hit("generic-password", &format!("db.password := \"{v}\""));
     }
 
     #[test]
     fn false_positives_pass() {
         clean("id = 3f2b9c1e-8a4d-4c7b-9e2f-1a2b3c4d5e6f");
         clean("commit 9fceb02d0ae598e95dc970b74767f19372d61af8");
-        clean("token = 9fceb02d0ae598e95dc970b74767f19372d61af8");
+        clean("commit_sha = 9fceb02d0ae598e95dc970b74767f19372d61af8");
         clean(
             "\"integrity\": \"sha512-Kq5sNclPz7QV2+lfQIuN4qsmBRJjtK8mNKmYBh8FHPkDlGRmsqWKt/aa7G3ZAw5jmgLCRfgFJXvlSw98vPVk0Q==\"",
         );

@@ -32,6 +32,7 @@ mod checks;
 mod cli;
 mod faults;
 mod files;
+mod gate;
 mod http;
 mod ledger;
 mod mcp;

@@ -251,7 +251,7 @@ pub(super) const RULES: &[RuleDef] = &[
     exact("mailchimp-key", "Mailchimp API key", &["-us"], r"\b[0-9a-f]{32}-us\d{1,2}\b", 0),
     exact("mailgun-key", "Mailgun API key", &["key-"], r"\bkey-[0-9a-f]{32}\b", 4),
     exact("twilio-api-key", "Twilio API key", &["SK0", "SK1", "SK2", "SK3", "SK4", "SK5", "SK6", "SK7", "SK8", "SK9", "SKa", "SKb", "SKc", "SKd", "SKe", "SKf"], r"\bSK[0-9a-f]{32}\b", 2),
-    words("twilio-auth-token", "Twilio auth token", &["twilio"], named!(r"twilio[\w\-.]{0,20}?(?:token|secret)", r"[a-f0-9]{32}"), Check::Exact),
+    words("twilio-auth-token", "Twilio auth token", &["twilio", "AC"], r"(?:(?i:twilio)[\w\-.]{0,20}?(?i:token|secret)['\x22`]?\]?\s*(?::=|=>|[:=,]|\s)\s*['\x22`]?(?P<v>[a-f0-9]{32})|\bAC[a-f0-9]{32}['\x22]?\s*,\s*['\x22](?P<q>[a-f0-9]{32}))\b", Check::Exact),
     exact("linear-key", "Linear API key", &["lin_api_", "lin_oauth_"], r"\blin_(?:api|oauth)_[A-Za-z0-9]{40,64}\b", 8),
     exact("notion-token", "Notion integration token", &["secret_", "ntn_"], r"\b(?:secret_[A-Za-z0-9]{43}|ntn_[A-Za-z0-9]{40,})\b", 4),
     exact("airtable-token", "Airtable personal access token", &["pat"], r"\bpat[A-Za-z0-9]{14}\.[a-f0-9]{64}\b", 3),
@@ -287,7 +287,7 @@ pub(super) const RULES: &[RuleDef] = &[
     exact("crypto-extended-private-key", "HD wallet extended private key", &["xprv", "tprv", "yprv", "zprv"], r"\b[xtyz]prv[1-9A-HJ-NP-Za-km-z]{100,112}\b", 4),
     words("crypto-private-key-hex", "crypto wallet private key (hex)", &["priv", "wallet", "signer", "deployer", "eth_", "ethereum", "pk"], r"(?:(?i:priv(?:ate)?[\w\s\-]{0,12}key|wallet[\w\-]{0,12}(?:key|secret)|signer[\w\-]*key|deployer[\w\-]*key|eth[\w\-]*key|\bpk)['\x22]?\s*[:=]\s*['\x22]?|(?i:wallet)\(\s*['\x22])(?P<v>(?:0x)?[a-fA-F0-9]{64})\b", Check::Exact),
     words("crypto-private-key-base58", "crypto wallet private key (WIF/base58)", &["wif", "priv", "wallet", "bitcoin", "btc", "solana", "importprivkey"], r"(?i:wif|priv(?:ate)?[\w\s\-]{0,12}key|wallet[\w\-]{0,12}(?:key|secret)|bitcoin|btc|solana|importprivkey|secret[\w\-]*key)\W{0,6}(?P<v>[5KL][1-9A-HJ-NP-Za-km-z]{50,51}|[1-9A-HJ-NP-Za-km-z]{86,88})\b", Check::Exact),
-    words("seed-phrase", "wallet seed phrase", &["seed", "mnemonic", "recovery", "phrase"], r"(?i:seed|mnemonic|recovery|secret)[\w \-]{0,20}(?:['\x22]?\s*[:=]\s*|:\s*|\bis\s+)['\x22]?(?P<v>(?:[a-z]{3,8}\s+){11,23}[a-z]{3,8})", Check::Seed),
+    words("seed-phrase", "wallet seed phrase", &["seed", "mnemonic", "recovery", "phrase"], r"(?i:seed|mnemonic|recovery|secret)[\w \-]{0,40}(?:['\x22]?\s*[:=]\s*|:\s*|\bis\s+)['\x22]?(?P<v>(?:[a-z]{3,8}\s+){11,23}[a-z]{3,8})", Check::Seed),
     exact("totp-uri", "TOTP seed in an otpauth URI", &["otpauth://"], r"otpauth://[th]otp/[^\s?]*\?(?:[^\s]*&)?secret=(?P<v>[A-Za-z2-7]{16,})", 0),
     words("totp-secret", "TOTP/2FA seed", &["totp", "otp", "2fa", "mfa"], r"(?:(?i:totp|otp|2fa|mfa)[\w\-.]*(?i:secret|seed|key)['\x22]?\s*[:=]\s*['\x22]?|(?i:totp)\(\s*['\x22])(?P<v>[A-Z2-7]{16,}=*)", Check::Exact),
     // ---- Database and broker connection strings.
@@ -319,7 +319,8 @@ pub(super) const RULES: &[RuleDef] = &[
     exact("dockerfile-secret", "secret in a Dockerfile ENV/ARG", &["ENV ", "ARG "], r"(?m)^[ \t]*(?:ENV|ARG)[ \t]+[\w.]*(?i:password|passwd|secret|token|api_?key|access_?key|private_?key)[\w.]*[ \t]+(?P<v>\S{6,})[ \t]*$", 0).then(Check::Password),
     // ---- Command lines.
     words("cli-password-flag", "password or token on a command line", &["--"], r"(?:^|\s)--(?:[\w\-]*-)?(?:password|passwd|token|secret|api-key|apikey|access-key|secret-key|auth-token|client-secret|pass)(?:=|\s+)(?:'(?P<q>[^']{4,})'|\x22(?P<d>[^\x22]{4,})\x22|(?P<v>[^\s'\x22-][^\s'\x22]{3,}))", Check::Password),
-    words("cli-short-password", "password in a -p flag", &["mysql", "mariadb", "sshpass", "docker", "podman", "redis-cli", "mysqldump", "helm"], r"\b(?:mysql|mysqldump|mariadb|sshpass|(?:docker|podman|helm)(?:\s+registry)?\s+login|redis-cli)\b[^\n|;&]*?\s-(?:p|a)\s*(?:'(?P<q>[^']{4,})'|\x22(?P<d>[^\x22]{4,})\x22|(?P<v>[^\s'\x22-][^\s'\x22]{3,}))", Check::Password),
+    words("cli-short-password", "password in a -p flag", &["mysql", "mariadb", "sshpass", "docker", "podman", "redis-cli", "mysqldump", "helm"], r"\b(?:(?:mysql|mysqldump|mariadb|sshpass|(?:docker|podman|helm)(?:\s+registry)?\s+login)\b[^\n|;&]*?\s-p|redis-cli\b[^\n|;&]*?\s-a)\s*(?:'(?P<q>[^']{4,})'|\x22(?P<d>[^\x22]{4,})\x22|(?P<v>[^\s'\x22-][^\s'\x22]{3,}))", Check::Password),
+    words("secret-in-prose", "secret stated in prose", &["password is", "passwd is", "secret is", "token is", "key is", "password was", "secret was", "token was", "key was", "pw is", "passphrase is"], r"(?i:password|passwd|passphrase|secret|token|key|pw)\s+(?i:is|was)\s*:?\s+['\x22`]?(?P<v>[^\s'\x22`,;]{8,})", Check::Random),
     words("curl-user", "credentials in curl -u", &["curl"], r"\bcurl\b[^\n|;&]*?\s(?:-u|--user)\s*['\x22]?[^:\s'\x22]+:(?P<v>[^\s'\x22]{4,})", Check::Password),
     // ---- Headers.
     words("authorization-header", "Authorization header credential", &["authorization", "bearer", "token token="], r"(?i)(?:authorization['\x22]?\s*[:=]\s*['\x22]?(?:bearer|token|ssws)\s+|\bbearer\s+|\btoken\s+token=)(?P<v>[A-Za-z0-9._~+/=\-]{16,})", Check::Random),

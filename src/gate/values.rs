@@ -301,10 +301,12 @@ pub(super) fn looks_random(v: &str) -> bool {
                 && p.bytes().any(|c| c.is_ascii_uppercase())
                 && p.bytes().any(|c| c.is_ascii_lowercase())
         };
-        return digit
-            && upper
-            && lower
-            && e >= 4.0
+        // Digits strewn through letters also read as a key (`d41d8cd98f00…`,
+        // a lower-case session id), not as a name.
+        let digits = v.bytes().filter(u8::is_ascii_digit).count();
+        let letters = v.bytes().filter(u8::is_ascii_alphabetic).count();
+        let strewn = v.len() >= 16 && digits >= 4 && letters >= 4 && e >= 3.5 && !v.contains('_');
+        return (digit && upper && lower && e >= 4.0 || strewn)
             && (!v.contains('.') || v.split('.').any(random_part));
     }
     e >= 3.0

@@ -378,3 +378,45 @@ fn table(figures: &[(String, Figures)], kinds: &BTreeMap<&str, &str>) -> String 
     );
     out
 }
+
+const HELDOUT: &str = include_str!("../gate/heldout.txt");
+
+/// The held-out set: prompts written after the rules. Reported, with floors.
+#[test]
+fn gate_heldout() {
+    let (mut hits, mut trues, mut flags, mut falses) = (0, 0, 0, 0);
+    let mut section = "";
+    let mut misses = vec![];
+    for (i, line) in HELDOUT.lines().enumerate() {
+        if let Some(s) = line.strip_prefix("== ") {
+            section = s;
+            continue;
+        }
+        let Some(case) = line.strip_prefix("+ ").or_else(|| line.strip_prefix("- ")) else {
+            continue;
+        };
+        let mut rng = Rng::new(&format!("heldout{i}"));
+        let text = fill(case, None, &mut rng);
+        let found = !gate::scan(&text).is_empty();
+        if section == "secret" {
+            trues += 1;
+            hits += usize::from(found);
+            if !found {
+                misses.push(format!("missed line {}: {text:?}", i + 1));
+            }
+        } else {
+            falses += 1;
+            flags += usize::from(found);
+            if found {
+                misses.push(format!("flagged line {}: {text:?}: {:?}", i + 1, gate::scan(&text)));
+            }
+        }
+    }
+    let recall = hits as f64 / trues as f64;
+    let false_rate = flags as f64 / falses as f64;
+    eprintln!(
+        "gate held out: {hits} of {trues} secrets caught ({recall:.3}), {flags} of {falses} clean prompts flagged ({false_rate:.3})\n{}",
+        misses.join("\n")
+    );
+    assert!(recall >= 0.80 && false_rate <= 0.10, "held-out figures fell below their floors");
+}

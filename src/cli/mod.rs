@@ -527,7 +527,11 @@ fn scan(files: &[String]) -> anyhow::Result<i32> {
                 continue;
             }
         };
-        let text = String::from_utf8_lossy(&bytes);
+        // Valid UTF-8 (nearly always) is checked by the fast path and borrowed.
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(&bytes),
+        };
         let findings = gate::scan(&text);
         for f in &findings {
             let _ = writeln!(

@@ -155,7 +155,7 @@ pub(super) const RULES: &[RuleDef] = &[
     // ---- Cloud.
     exact("aws-access-key-id", "AWS access key id", &["AKIA", "ASIA", "ABIA", "ACCA"], r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b", 4),
     words("aws-secret-key", "AWS secret access key", &["aws"], named!(r"aws[\w\-.]{0,20}?(?:secret|access)[\w\-.]{0,20}?", r"[A-Za-z0-9/+=]{40}"), Check::Exact),
-    words("aws-session-token", "AWS session token", &["session"], named!(r"aws[\w\-.]{0,10}session[\w\-.]{0,10}token", r"[A-Za-z0-9/+=]{100,}"), Check::Exact),
+    words("aws-session-token", "AWS session token", &["session_token", "sessiontoken", "session-token", "session.token"], named!(r"aws[\w\-.]{0,10}session[\w\-.]{0,10}token", r"[A-Za-z0-9/+=]{100,}"), Check::Exact),
     exact("amazon-mws-token", "Amazon MWS auth token", &["amzn.mws."], r"\bamzn\.mws\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", 9),
     exact("gcp-service-account", "GCP service-account key", &["private_key_id"], r#""private_key_id"\s*:\s*"(?P<v>[a-f0-9]{40})""#, 0),
     exact("gcp-oauth-client-secret", "Google OAuth client secret", &["GOCSPX-"], r"\bGOCSPX-[A-Za-z0-9_\-]{28}\b", 7),
@@ -251,7 +251,7 @@ pub(super) const RULES: &[RuleDef] = &[
     exact("mailchimp-key", "Mailchimp API key", &["-us"], r"\b[0-9a-f]{32}-us\d{1,2}\b", 0),
     exact("mailgun-key", "Mailgun API key", &["key-"], r"\bkey-[0-9a-f]{32}\b", 4),
     exact("twilio-api-key", "Twilio API key", &["SK0", "SK1", "SK2", "SK3", "SK4", "SK5", "SK6", "SK7", "SK8", "SK9", "SKa", "SKb", "SKc", "SKd", "SKe", "SKf"], r"\bSK[0-9a-f]{32}\b", 2),
-    words("twilio-auth-token", "Twilio auth token", &["twilio", "AC"], r"(?:(?i:twilio)[\w\-.]{0,20}?(?i:token|secret)['\x22`]?\]?\s*(?::=|=>|[:=,]|\s)\s*['\x22`]?(?P<v>[a-f0-9]{32})|\bAC[a-f0-9]{32}['\x22]?\s*,\s*['\x22](?P<q>[a-f0-9]{32}))\b", Check::Exact),
+    words("twilio-auth-token", "Twilio auth token", &["twilio"], r"(?:(?i:twilio)[\w\-.]{0,20}?(?i:token|secret)['\x22`]?\]?\s*(?::=|=>|[:=,]|\s)\s*['\x22`]?(?P<v>[a-f0-9]{32})|\bAC[a-f0-9]{32}['\x22]?\s*,\s*['\x22](?P<q>[a-f0-9]{32}))\b", Check::Exact),
     exact("linear-key", "Linear API key", &["lin_api_", "lin_oauth_"], r"\blin_(?:api|oauth)_[A-Za-z0-9]{40,64}\b", 8),
     exact("notion-token", "Notion integration token", &["secret_", "ntn_"], r"\b(?:secret_[A-Za-z0-9]{43}|ntn_[A-Za-z0-9]{40,})\b", 4),
     exact("airtable-token", "Airtable personal access token", &["pat"], r"\bpat[A-Za-z0-9]{14}\.[a-f0-9]{64}\b", 3),

@@ -408,7 +408,11 @@ fn gate_heldout() {
             falses += 1;
             flags += usize::from(found);
             if found {
-                misses.push(format!("flagged line {}: {text:?}: {:?}", i + 1, gate::scan(&text)));
+                misses.push(format!(
+                    "flagged line {}: {text:?}: {:?}",
+                    i + 1,
+                    gate::scan(&text)
+                ));
             }
         }
     }
@@ -418,5 +422,8 @@ fn gate_heldout() {
         "gate held out: {hits} of {trues} secrets caught ({recall:.3}), {flags} of {falses} clean prompts flagged ({false_rate:.3})\n{}",
         misses.join("\n")
     );
-    assert!(recall >= 0.80 && false_rate <= 0.10, "held-out figures fell below their floors");
+    assert!(
+        recall >= 0.80 && false_rate <= 0.10,
+        "held-out figures fell below their floors"
+    );
 }

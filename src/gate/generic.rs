@@ -305,7 +305,7 @@ fn word_bits(seg: &str) -> u8 {
         | "clientsecret" => SECRET,
         "token" | "accesstoken" | "authtoken" | "apitoken" => TOKEN,
         "apikey" | "accesskey" | "authkey" | "masterkey" | "licensekey" | "appkey"
-        | "signingkey" | "encryptionkey" => FUSED_KEY,
+        | "signingkey" | "encryptionkey" | "appid" | "subscriptionkey" => FUSED_KEY,
         "key" => KEY,
         "auth" => AUTH | QUALIFIER,
         _ if qualifiers.contains(w) => QUALIFIER,
@@ -419,6 +419,36 @@ pub(super) fn assignments(text: &str) -> Vec<(usize, usize, Family, bool)> {
             out.push((start, end, family, provider));
         }
     }
+    // A literal handed to a credential-named call: `.bearer_auth("…")`,
+    // `set_password('…')`, `Token("…")`.
+    for o in memchr::memchr_iter(b'(', b) {
+        if !matches!(b.get(o + 1), Some(b'\'' | b'"')) {
+            continue;
+        }
+        let mut ns = o;
+        while ns > 0 && o - ns < 64 && name_byte(b[ns - 1]) {
+            ns -= 1;
+        }
+        if ns == o || !secret_word(&b[ns..o]) {
+            continue;
+        }
+        // `get_secret("prod/db")`, `read_password("deploy")`: the literal names a secret.
+        let verb = segments(&text[ns..o]).next().unwrap_or_default();
+        if [
+            "get", "read", "fetch", "load", "lookup", "resolve", "find", "has", "delete", "remove",
+            "del", "exists", "require", "retrieve", "access", "expect", "parse", "validate",
+        ]
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(verb))
+        {
+            continue;
+        }
+        if let Some((start, end, family)) = judge(text, ns, o, o + 1) {
+            let provider = end - start >= 20 && names_ai_provider(&text[ns..o]);
+            out.push((start, end, family, provider));
+        }
+    }
+    out.sort_unstable_by_key(|f| f.0);
     out
 }
 
@@ -492,7 +522,7 @@ fn names_ai_provider(name: &str) -> bool {
 /// Whether a name holds a word that may name a secret.
 fn secret_word(name: &[u8]) -> bool {
     const WORDS: &[&[u8]] = &[
-        b"pass", b"pw", b"secret", b"cred", b"auth", b"token", b"key",
+        b"pass", b"pw", b"secret", b"cred", b"auth", b"token", b"key", b"appid",
     ];
     name.windows(2).enumerate().any(|(i, w)| {
         matches!(
@@ -500,7 +530,7 @@ fn secret_word(name: &[u8]) -> bool {
             [b'p', b'a' | b'w']
                 | [b's', b'e']
                 | [b'c', b'r']
-                | [b'a', b'u']
+                | [b'a', b'u' | b'p']
                 | [b't', b'o']
                 | [b'k', b'e']
         ) && WORDS.iter().any(|word| {
@@ -536,6 +566,7 @@ fn judge(text: &str, ns: usize, ne: usize, value_at: usize) -> Option<(usize, us
     if !text.is_char_boundary(line_start) || !text.is_char_boundary(line_end) {
         return None;
     }
+    let in_query = ns > 0 && matches!(b[ns - 1], b'?' | b'&');
     let lead = text[line_start..ns].trim();
     let first_on_line = matches!(
         lead,
@@ -616,7 +647,8 @@ fn judge(text: &str, ns: usize, ne: usize, value_at: usize) -> Option<(usize, us
     }
     let ok = match want {
         Family::Password => looks_like_password(value, quoted || first_on_line || flag),
-        Family::Key if segments(name).count() == 1 => {
+        // A bare `key` is a word in code; in a URL's query (`?key=`) it is a key.
+        Family::Key if segments(name).count() == 1 && !in_query => {
             value.len() >= 20 && classes(value) >= 3 && looks_random(value)
         }
         _ => looks_random(value),

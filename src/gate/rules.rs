@@ -307,7 +307,7 @@ pub(super) const RULES: &[RuleDef] = &[
     words("connection-string-password", "password in a connection string", &["password=", "pwd="], r"(?i)(?:^|[;\s'\x22])(?:password|pwd)=(?P<v>[^;'\x22\s]{6,})", Check::Password),
     // ---- Credentials in well-known files.
     words("netrc-password", ".netrc password", &["machine", "\npassword ", "\n password ", "\n  password ", "\n\tpassword ", "\n    password "], r"(?m)(?:\bmachine\s+\S+\s+(?:login\s+\S+\s+)?|^[ \t]*)password[ \t]+(?P<v>\S{4,})[ \t]*$", Check::Password),
-    exact("pgpass-line", ".pgpass password", &[":5432:", ":*:", ":5433:"], r"^[^:\s#]+:(?:\d+|\*):[^:\s]+:[^:\s]+:(?P<v>[^\s]{4,})$", 0).then(Check::Password),
+    exact("pgpass-line", ".pgpass password", &[":5432:", ":*:", ":5433:"], r"(?:^|\s)[^:\s#]+:(?:\d+|\*):[^:\s]+:[^:\s]+:(?P<v>[^\s:]{4,})(?:\s|$)", 0).then(Check::Password),
     exact("docker-config-auth", "Docker config.json registry auth", &["\"auth\""], r#""auth"\s*:\s*"(?P<v>[A-Za-z0-9+/]{8,}={0,2})""#, 0).then(Check::UserPass),
     words("basic-auth-header", "Basic credentials", &["basic"], r"(?i:basic)\s+(?P<v>[A-Za-z0-9+/]{8,}={0,2})(?:[^A-Za-z0-9+/=]|$)", Check::UserPass),
     exact("kubeconfig-client-key", "kubeconfig client key", &["client-key-data"], r"client-key-data['\x22]?\s*:\s*['\x22]?(?P<v>[A-Za-z0-9+/]{40,}={0,2})", 0),
@@ -319,7 +319,7 @@ pub(super) const RULES: &[RuleDef] = &[
     exact("dockerfile-secret", "secret in a Dockerfile ENV/ARG", &["ENV ", "ARG "], r"(?m)^[ \t]*(?:ENV|ARG)[ \t]+[\w.]*(?i:password|passwd|secret|token|api_?key|access_?key|private_?key)[\w.]*[ \t]+(?P<v>\S{6,})[ \t]*$", 0).then(Check::Password),
     // ---- Command lines.
     words("cli-password-flag", "password or token on a command line", &["--"], r"(?:^|\s)--(?:[\w\-]*-)?(?:password|passwd|token|secret|api-key|apikey|access-key|secret-key|auth-token|client-secret|pass)(?:=|\s+)(?:'(?P<q>[^']{4,})'|\x22(?P<d>[^\x22]{4,})\x22|(?P<v>[^\s'\x22-][^\s'\x22]{3,}))", Check::Password),
-    words("cli-short-password", "password in a -p flag", &["mysql", "mariadb", "sshpass", "docker", "podman", "redis-cli", "mysqldump", "helm"], r"\b(?:(?:mysql|mysqldump|mariadb|sshpass|(?:docker|podman|helm)(?:\s+registry)?\s+login)\b[^\n|;&]*?\s-p|redis-cli\b[^\n|;&]*?\s-a)\s*(?:'(?P<q>[^']{4,})'|\x22(?P<d>[^\x22]{4,})\x22|(?P<v>[^\s'\x22-][^\s'\x22]{3,}))", Check::Password),
+    words("cli-short-password", "password in a -p flag", &["mysql", "mariadb", "sshpass", "docker", "podman", "redis-cli", "mysqldump", "helm", "ldap"], r"\b(?:(?:mysql|mysqldump|mariadb|sshpass|(?:docker|podman|helm)(?:\s+registry)?\s+login)\b[^\n|;&]*?\s-p|redis-cli\b[^\n|;&]*?\s-a|ldap(?:search|modify|add|delete|passwd|whoami|compare)\b[^\n|;&]*?\s-w)\s*(?:'(?P<q>[^']{4,})'|\x22(?P<d>[^\x22]{4,})\x22|(?P<v>[^\s'\x22-][^\s'\x22]{3,}))", Check::Password),
     words("secret-in-prose", "secret stated in prose", &["password is", "passwd is", "secret is", "token is", "key is", "password was", "secret was", "token was", "key was", "pw is", "passphrase is"], r"(?i:password|passwd|passphrase|secret|token|key|pw)\s+(?i:is|was)\s*:?\s+['\x22`]?(?P<v>[^\s'\x22`,;]{8,})", Check::Random),
     words("curl-user", "credentials in curl -u", &["curl"], r"\bcurl\b[^\n|;&]*?\s(?:-u|--user)\s*['\x22]?[^:\s'\x22]+:(?P<v>[^\s'\x22]{4,})", Check::Password),
     // ---- Headers.

@@ -263,6 +263,8 @@ fn shapes() -> &'static [Regex] {
             r"^v?\d+(?:[.:\-/]\d+)+[a-zA-Z]*$",
             // 6. Words joined by separators: `refresh-token-expired`, `user_access_token`.
             r"^[a-zA-Z]+(?:[_\-. ][a-zA-Z]+)*$",
+            // 7. Lower-case paths: a secret manager's key, a file (`prod/db/password`).
+            r"^[a-z0-9_.\-]+(?:/[a-z0-9_.\-]+)+$",
         ]
         .iter()
         .map(|p| Regex::new(p).expect("static shape"))

@@ -381,10 +381,12 @@ fn table(figures: &[(String, Figures)], kinds: &BTreeMap<&str, &str>) -> String 
 
 const HELDOUT: &str = include_str!("../gate/heldout.txt");
 
-/// The held-out set: prompts written after the rules. Reported, with floors.
+/// The held-out sets: prompts written after the rules (batch 2 after
+/// batch 1's fixes). Reported per batch, with floors.
 #[test]
 fn gate_heldout() {
-    let (mut hits, mut trues, mut flags, mut falses) = (0, 0, 0, 0);
+    // batch -> (caught, secrets, flagged, clean)
+    let mut figures: BTreeMap<&str, (usize, usize, usize, usize)> = BTreeMap::new();
     let mut section = "";
     let mut misses = vec![];
     for (i, line) in HELDOUT.lines().enumerate() {
@@ -395,35 +397,36 @@ fn gate_heldout() {
         let Some(case) = line.strip_prefix("+ ").or_else(|| line.strip_prefix("- ")) else {
             continue;
         };
+        let batch = if section.ends_with(" 2") { "2" } else { "1" };
+        let f = figures.entry(batch).or_default();
         let mut rng = Rng::new(&format!("heldout{i}"));
         let text = fill(case, None, &mut rng);
-        let found = !gate::scan(&text).is_empty();
-        if section == "secret" {
-            trues += 1;
-            hits += usize::from(found);
-            if !found {
+        let found = gate::scan(&text);
+        if section.starts_with("secret") {
+            f.1 += 1;
+            f.0 += usize::from(!found.is_empty());
+            if found.is_empty() {
                 misses.push(format!("missed line {}: {text:?}", i + 1));
             }
         } else {
-            falses += 1;
-            flags += usize::from(found);
-            if found {
-                misses.push(format!(
-                    "flagged line {}: {text:?}: {:?}",
-                    i + 1,
-                    gate::scan(&text)
-                ));
+            f.3 += 1;
+            f.2 += usize::from(!found.is_empty());
+            if !found.is_empty() {
+                misses.push(format!("flagged line {}: {text:?}: {found:?}", i + 1));
             }
         }
     }
-    let recall = hits as f64 / trues as f64;
-    let false_rate = flags as f64 / falses as f64;
-    eprintln!(
-        "gate held out: {hits} of {trues} secrets caught ({recall:.3}), {flags} of {falses} clean prompts flagged ({false_rate:.3})\n{}",
-        misses.join("\n")
-    );
-    assert!(
-        recall >= 0.80 && false_rate <= 0.10,
-        "held-out figures fell below their floors"
-    );
+    for (batch, (hits, trues, flags, falses)) in &figures {
+        let recall = *hits as f64 / *trues as f64;
+        let false_rate = *flags as f64 / *falses as f64;
+        eprintln!(
+            "gate held out, batch {batch}: {hits} of {trues} secrets caught ({recall:.3}), {flags} of {falses} clean prompts flagged ({false_rate:.3})"
+        );
+        assert!(
+            recall >= 0.80 && false_rate <= 0.10,
+            "held-out batch {batch} fell below its floors:\n{}",
+            misses.join("\n")
+        );
+    }
+    eprintln!("{}", misses.join("\n"));
 }
